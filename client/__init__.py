@@ -1,0 +1,1 @@
+"""Thin client: gRPC to the Triton ensemble, Qdrant for vectors, CLIs (index, search)."""

@@ -1,0 +1,69 @@
+"""Decoding and letterboxing shared by the server's preprocess model, training and tests.
+
+Needs only numpy and Pillow, so the Triton Python backend, the training code and the thin client
+all run exactly the same pixels through the models.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from client import spec
+
+Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs above 100 Mpx
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this pipeline can read; the message says why."""
+
+
+def decode(data: bytes) -> Image.Image:
+    """Encoded bytes -> RGB image, EXIF orientation applied."""
+    if not data:
+        raise ImageDecodeError("empty input (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            img = ImageOps.exif_transpose(im)
+            if img.mode != "RGB":
+                if "A" in img.getbands() or img.mode == "P":
+                    rgba = img.convert("RGBA")
+                    img = Image.new("RGB", rgba.size, (255, 255, 255))
+                    img.paste(rgba, (0, 0), rgba)
+                else:
+                    img = img.convert("RGB")
+            else:
+                img = img.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
+    if img.width < 8 or img.height < 8:
+        raise ImageDecodeError(f"image too small ({img.width}x{img.height}); need at least 8x8")
+    return img
+
+
+def to_chw(img: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def letterbox(img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pads to a square (image at the top-left) and resizes.
+
+    Returns (det_image [1,3,DET,DET], crop_source [1,3,SRC,SRC], image_size [h, w]) — the three
+    outputs of the ``preprocess`` model. A box normalised to the padded square maps back to original
+    pixels by multiplying with max(h, w).
+    """
+    w, h = img.size
+    side = max(w, h)
+    square = Image.new("RGB", (side, side), (spec.PAD_VALUE,) * 3)
+    square.paste(img, (0, 0))
+    src = square.resize((spec.CROP_SOURCE_SIZE,) * 2, Image.BILINEAR)
+    det = src.resize((spec.DET_SIZE,) * 2, Image.BILINEAR)
+    return to_chw(det)[None], to_chw(src)[None], np.array([h, w], dtype=np.float32)
+
+
+def encode_jpeg(img: Image.Image, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The demo, end to end on this machine: environment, models (quick profile, if missing), local Triton,
+# a demo catalog indexed into the embedded Qdrant, and a search on a photo with several products.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash deploy/setup.sh
+PY=.venv/bin/python
+$PY -m export.build --profile quick
+DEMO=${DEMO_DIR:-data/demo}
+export QDRANT_PATH=${QDRANT_PATH:-$DEMO/qdrant}
+[ -f "$DEMO/queries/truth.json" ] || $PY -m export.demo_data "$DEMO"
+$PY -m deploy.local up
+$PY -m client.index "$DEMO/catalog" --category-from-folders
+status=0
+for q in "$DEMO"/queries/scene_*.jpg; do
+  $PY -m client.search "$q" --top-k 5
+  $PY -m client.search "$q" --top-k 5 --json > "$DEMO/result.json"
+  $PY -m deploy.check_demo "$DEMO/result.json" "$DEMO/queries/truth.json" "$(basename "$q")" || status=1
+done
+echo "demo finished in $(( $(date +%s) - start )) s; the server keeps running: python -m deploy.local down"
+exit $status

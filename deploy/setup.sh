@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with every extra. Idempotent; used by the demo and the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  # CPU torch first: the local 2.13.0 CPU wheel is used when present; a GPU host may install its own torch.
+  .venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q "torch>=2.2"
+  .venv/bin/python -m pip install -q -e '.[all]'
+  touch "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""The model factory: data -> training (detector, classifier, embedder) -> ONNX -> model_repository/."""

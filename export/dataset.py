@@ -1,0 +1,195 @@
+"""Training data for the quick and full profiles, and features cached through a frozen backbone.
+
+The backbone is frozen in both profiles' first stage, so its outputs are computed once with
+onnxruntime (6x faster than eager torch on this CPU) and the heads train on the cached tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+from tqdm import tqdm
+
+from client import imaging, spec
+from export.crop_graph import build_crop_model
+from export.products import Product, load_cutouts, synthetic_products
+from export.scenes import Backgrounds, Scene, list_images, make_scene
+
+
+@dataclass
+class DataConfig:
+    synthetic_per_class: int = 6
+    scenes: int = 1000
+    catalog_views: int = 200  # detector samples of a product alone on white
+    val_fraction: float = 0.15
+    photoset: str | None = None  # folder with cutouts/ and photos/ (e.g. ../shared/datasets/photoset)
+    seed: int = 0
+
+
+def held_out_background(path: Path) -> bool:
+    """20% of background photos never appear in training (chosen by name hash: stable across runs)."""
+    return int(hashlib.sha256(path.name.encode()).hexdigest(), 16) % 5 == 0
+
+
+@dataclass
+class Sources:
+    products: list[Product]
+    train_backgrounds: list[Path]
+    eval_backgrounds: list[Path]
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def fine_classes(self) -> list[str]:
+        return sorted({p.fine_class for p in self.products})
+
+    @property
+    def merge(self) -> dict[str, str]:
+        return {p.fine_class: p.category for p in self.products}
+
+
+def load_sources(cfg: DataConfig) -> Sources:
+    products = synthetic_products(cfg.synthetic_per_class, seed=cfg.seed)
+    errors: list[str] = []
+    bgs: list[Path] = []
+    if cfg.photoset:
+        root = Path(cfg.photoset)
+        cut_dir, photo_dir = root / "cutouts", root / "photos"
+        if cut_dir.is_dir():
+            cuts, errors = load_cutouts(cut_dir)
+            products += cuts
+        if photo_dir.is_dir():
+            bgs = list_images(photo_dir)
+    return Sources(products, [p for p in bgs if not held_out_background(p)], [p for p in bgs if held_out_background(p)], errors)
+
+
+class BackboneRunner:
+    """The frozen backbone as an onnxruntime session (exported once per build directory)."""
+
+    def __init__(self, onnx_path: Path):
+        if not onnx_path.exists():
+            import torch
+
+            from export.models import Backbone
+
+            net = Backbone().eval()
+            dummy = torch.zeros(1, 3, spec.CROP_SIZE, spec.CROP_SIZE, dtype=torch.uint8)
+            onnx_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.onnx.export(net, (dummy,), str(onnx_path), input_names=["x"], output_names=["f16", "f32", "pooled"],
+                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=spec.ONNX_OPSET, dynamo=False)
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def run(self, images: np.ndarray, batch: int = 16, desc: str = "backbone", outputs=("f16", "f32", "pooled")) -> list[np.ndarray]:
+        chunks: list[list[np.ndarray]] = [[] for _ in outputs]
+        for i in tqdm(range(0, len(images), batch), desc=desc, unit="batch", leave=False):
+            out = self.session.run(list(outputs), {"x": images[i:i + batch]})
+            for c, o in zip(chunks, out):
+                c.append(o.astype(np.float16) if o.ndim == 4 else o)
+        return [np.concatenate(c) for c in chunks]
+
+
+@dataclass
+class DetectorData:
+    images: np.ndarray  # [N,3,DET,DET] uint8
+    boxes: list[np.ndarray]  # per image [M,4] normalised to the padded square
+    val: np.ndarray  # bool [N]
+
+
+@dataclass
+class CropData:
+    crops: np.ndarray  # [N,3,CROP,CROP] uint8
+    product: np.ndarray  # [N] index into Sources.products
+    is_catalog: np.ndarray  # [N] bool
+    val: np.ndarray  # [N] bool
+
+
+class CropCutter:
+    """Runs the served crop graph, so training crops are exactly the crops the server makes."""
+
+    def __init__(self) -> None:
+        self.session = ort.InferenceSession(build_crop_model().SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def __call__(self, src: np.ndarray, size: np.ndarray, boxes_norm: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(boxes_norm), spec.MAX_OBJECTS):
+            chunk = boxes_norm[i:i + spec.MAX_OBJECTS]
+            b = np.zeros((1, spec.MAX_OBJECTS, 4), np.float32)
+            b[0, :len(chunk)] = chunk
+            crops = self.session.run(["crops"], {"crop_source": src, "det_boxes": b,
+                                                 "det_scores": np.ones((1, spec.MAX_OBJECTS), np.float32), "image_size": size})[0]
+            out.append(crops[:len(chunk)])
+        return np.concatenate(out)
+
+
+def _norm(box, size: np.ndarray) -> np.ndarray:
+    return np.asarray(box, np.float32) / float(max(size))
+
+
+def _jitter(box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    w, h = box[2] - box[0], box[3] - box[1]
+    d = rng.uniform(-amount, amount, 4) * np.array([w, h, w, h])
+    return np.clip(box + d, 0, 1).astype(np.float32)
+
+
+def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData, list[Scene]]:
+    """Scenes for the detector, and crops (scene objects + catalog views) for classifier and embedder."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    bgs = Backgrounds(sources.train_backgrounds)
+    index = {p.product_id: i for i, p in enumerate(sources.products)}
+    cutter = CropCutter()
+    det_images, det_boxes, det_val = [], [], []
+    crops, crop_prod, crop_cat, crop_val = [], [], [], []
+    n_val = int(cfg.scenes * cfg.val_fraction)
+    for i in tqdm(range(cfg.scenes), desc="scenes", unit="scene"):
+        scene = make_scene(sources.products, bgs, rng)
+        det, src, size = imaging.letterbox(scene.image)
+        boxes = np.stack([_norm(o.box, size) for o in scene.objects]) if scene.objects else np.zeros((0, 4), np.float32)
+        is_val = i < n_val
+        det_images.append(det[0]); det_boxes.append(boxes); det_val.append(is_val)
+        if len(boxes):
+            jittered = np.stack([_jitter(b, rng, 0.06) for b in boxes])
+            crops.append(cutter(src, size, jittered))
+            crop_prod += [index[o.product_id] for o in scene.objects]
+            crop_cat += [False] * len(boxes)
+            crop_val += [is_val] * len(boxes)
+    # catalog views: every product on white, for the detector (random scale) and for the crop models
+    for j, p in enumerate(tqdm(sources.products, desc="catalog", unit="product")):
+        for v in range(3):
+            img, box = p.catalog_image_and_box(side=320, margin=float(rng.uniform(0.04, 0.2)))
+            det, src, size = imaging.letterbox(img)
+            b = _norm(box, size)
+            views = np.stack([b if v == 0 else _jitter(b, rng, 0.05)])
+            crops.append(cutter(src, size, views))
+            crop_prod.append(j); crop_cat.append(True); crop_val.append(False)
+    for _ in range(cfg.catalog_views):
+        p = sources.products[int(rng.integers(len(sources.products)))]
+        img, box = p.catalog_image_and_box(side=int(rng.integers(240, 520)), margin=float(rng.uniform(0.02, 0.3)))
+        det, src, size = imaging.letterbox(img)
+        det_images.append(det[0]); det_boxes.append(_norm(box, size)[None]); det_val.append(False)
+    detector = DetectorData(np.stack(det_images), det_boxes, np.array(det_val))
+    crop_data = CropData(np.concatenate(crops), np.array(crop_prod), np.array(crop_cat), np.array(crop_val))
+    return detector, crop_data, []
+
+
+def catalog_crops(sources: Sources, cutter: CropCutter | None = None) -> np.ndarray:
+    """The canonical catalog crop of every product (as indexed): tight box on a 320 white image."""
+    cutter = cutter or CropCutter()
+    out = []
+    for p in sources.products:
+        img, box = p.catalog_image_and_box()
+        _, src, size = imaging.letterbox(img)
+        out.append(cutter(src, size, _norm(box, size)[None]))
+    return np.concatenate(out)
+
+
+def save_image_grid(images: np.ndarray, path: Path, cols: int = 8) -> None:
+    n = len(images)
+    rows = (n + cols - 1) // cols
+    s = images.shape[-1]
+    sheet = Image.new("RGB", (cols * s, rows * s), "white")
+    for i, im in enumerate(images):
+        sheet.paste(Image.fromarray(im.transpose(1, 2, 0)), ((i % cols) * s, (i // cols) * s))
+    sheet.save(path)

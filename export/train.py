@@ -1,0 +1,218 @@
+"""Training of the three heads on cached frozen-backbone features, with validation metrics."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from client import spec
+from export.models import DetectorHead, decode_topk
+
+
+@dataclass
+class TrainConfig:
+    det_epochs: int = 40
+    cls_epochs: int = 150
+    emb_epochs: int = 60
+    batch: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+
+
+# --- detector -------------------------------------------------------------------------------------
+
+def centernet_targets(boxes: list[np.ndarray], h: int, w: int) -> tuple[torch.Tensor, ...]:
+    n = len(boxes)
+    heat = torch.zeros(n, 1, h, w)
+    size = torch.zeros(n, 2, h, w)
+    offset = torch.zeros(n, 2, h, w)
+    mask = torch.zeros(n, 1, h, w)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    for i, bs in enumerate(boxes):
+        for x1, y1, x2, y2 in bs:
+            cx, cy = (x1 + x2) / 2 * w, (y1 + y2) / 2 * h
+            ix, iy = min(int(cx), w - 1), min(int(cy), h - 1)
+            sx, sy = max((x2 - x1) * w / 6, 0.5), max((y2 - y1) * h / 6, 0.5)
+            g = torch.exp(-((xs - ix) ** 2 / (2 * sx ** 2) + (ys - iy) ** 2 / (2 * sy ** 2)))
+            heat[i, 0] = torch.maximum(heat[i, 0], g)
+            size[i, :, iy, ix] = torch.tensor([x2 - x1, y2 - y1])
+            offset[i, :, iy, ix] = torch.tensor([cx - ix, cy - iy])
+            mask[i, 0, iy, ix] = 1.0
+    return heat, size, offset, mask
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg = 1 - pos
+    pos_loss = -(torch.log(p) * (1 - p) ** 2 * pos).sum()
+    neg_loss = -(torch.log(1 - p) * p ** 2 * (1 - target) ** 4 * neg).sum()
+    return (pos_loss + neg_loss) / pos.sum().clamp(min=1)
+
+
+def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: list[np.ndarray], train_idx: np.ndarray,
+                   cfg: TrainConfig) -> list[dict]:
+    torch.manual_seed(cfg.seed)
+    h, w = f16.shape[-2:]
+    targets = centernet_targets([boxes[i] for i in range(len(boxes))], h, w)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    steps = cfg.det_epochs * math.ceil(len(train_idx) / cfg.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    rng = np.random.default_rng(cfg.seed)
+    log = []
+    head.train()
+    for epoch in tqdm(range(cfg.det_epochs), desc="detector", unit="epoch"):
+        perm = rng.permutation(train_idx)
+        total = 0.0
+        for i in range(0, len(perm), cfg.batch):
+            b = perm[i:i + cfg.batch]
+            x16, x32 = torch.from_numpy(f16[b]).float(), torch.from_numpy(f32[b]).float()
+            heat, size, offset, mask = (t[b] for t in targets)
+            if rng.random() < 0.5:  # horizontal flip of the feature maps and targets
+                x16, x32, heat, size, mask = x16.flip(-1), x32.flip(-1), heat.flip(-1), size.flip(-1), mask.flip(-1)
+                offset = offset.flip(-1)
+                offset = torch.stack([torch.where(mask[:, 0] > 0, 1 - offset[:, 0], offset[:, 0]), offset[:, 1]], 1)
+            logits, psize, poff = head(x16, x32)
+            n_pos = mask.sum().clamp(min=1)
+            loss = focal_loss(logits, heat) + 5 * (F.l1_loss(psize * mask, size * mask, reduction="sum") / n_pos) \
+                + (F.l1_loss(poff * mask, offset * mask, reduction="sum") / n_pos)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(b)
+        log.append({"epoch": epoch, "loss": total / len(perm)})
+    head.eval()
+    return log
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of [N,4] and [M,4] boxes."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0]); y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2]); y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def detection_metrics(pred_boxes: list[np.ndarray], pred_scores: list[np.ndarray], gt: list[np.ndarray],
+                      threshold: float = spec.SCORE_THRESHOLD, iou_thr: float = 0.5) -> dict:
+    """AP@0.5 (all-point interpolation) plus precision/recall at the operating threshold."""
+    records, n_gt = [], sum(len(g) for g in gt)
+    for pb, ps, g in zip(pred_boxes, pred_scores, gt):
+        order = np.argsort(-ps)
+        taken = np.zeros(len(g), bool)
+        ious = iou(pb[order], g) if len(g) else np.zeros((len(pb), 0))
+        for r, j in enumerate(order):
+            hit = False
+            if len(g):
+                m = int(np.argmax(np.where(taken, -1, ious[r])))
+                if ious[r, m] >= iou_thr and not taken[m]:
+                    taken[m] = hit = True
+            records.append((ps[j], hit))
+    records.sort(key=lambda t: -t[0])
+    tp = np.cumsum([h for _, h in records]); fp = np.cumsum([not h for _, h in records])
+    recall = tp / max(n_gt, 1); precision = tp / np.maximum(tp + fp, 1)
+    mprec = np.maximum.accumulate(precision[::-1])[::-1]
+    ap = float(np.sum(np.diff(np.concatenate([[0], recall])) * mprec))
+    at = [h for s, h in records if s >= threshold]
+    return {"ap50": round(ap, 4), "recall_at_threshold": round(sum(at) / max(n_gt, 1), 4),
+            "precision_at_threshold": round(sum(at) / max(len(at), 1), 4), "objects": n_gt}
+
+
+def run_detector_head(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, idx: np.ndarray) -> tuple[list, list]:
+    boxes, scores = [], []
+    with torch.no_grad():
+        for i in range(0, len(idx), 64):
+            b = idx[i:i + 64]
+            bx, sc = decode_topk(*head(torch.from_numpy(f16[b]).float(), torch.from_numpy(f32[b]).float()), spec.MAX_OBJECTS)
+            boxes += list(bx.numpy()); scores += list(sc.numpy())
+    return boxes, scores
+
+
+# --- classifier -----------------------------------------------------------------------------------
+
+def train_classifier(head: torch.nn.Module, feats: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> list[dict]:
+    torch.manual_seed(cfg.seed)
+    x, y = torch.from_numpy(feats).float(), torch.from_numpy(labels).long()
+    counts = torch.bincount(y, minlength=head[-1].out_features).float().clamp(min=1)
+    weight = (counts.sum() / counts) / (counts.sum() / counts).mean()
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-3)
+    log = []
+    head.train()
+    for epoch in tqdm(range(cfg.cls_epochs), desc="classifier", unit="epoch"):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 256):
+            b = perm[i:i + 256]
+            loss = F.cross_entropy(head(x[b]), y[b], weight=weight, label_smoothing=0.1)
+            opt.zero_grad(); loss.backward(); opt.step()
+        log.append({"epoch": epoch, "loss": loss.item()})
+    head.eval()
+    return log
+
+
+# --- embedder -------------------------------------------------------------------------------------
+
+def pca_init(proj: torch.nn.Linear, center: torch.Tensor, feats: np.ndarray) -> None:
+    x = torch.from_numpy(feats).float()
+    mu = x.mean(0)
+    _, _, v = torch.linalg.svd(x - mu, full_matrices=False)
+    with torch.no_grad():
+        center.copy_(mu)
+        proj.weight.copy_(v[: proj.out_features])
+
+
+def batch_hard_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    d = 1 - emb @ emb.T
+    same = labels[:, None] == labels[None, :]
+    pos = torch.where(same, d, torch.full_like(d, -1)).max(1).values
+    neg = torch.where(same, torch.full_like(d, 9), d).min(1).values
+    return F.relu(pos - neg + margin).mean()
+
+
+def train_embedder(embedder, feats: np.ndarray, product: np.ndarray, is_catalog: np.ndarray, category: np.ndarray,
+                   cfg: TrainConfig, temperature: float = 0.05) -> list[dict]:
+    """Scene crops are pulled to their product's catalog crop and pushed from other catalog crops
+    (softmax over catalog embeddings, a proxy loss whose proxies are the catalog images) plus a
+    batch-hard triplet loss over P x K batches drawn within categories."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    x = torch.from_numpy(feats).float()
+    cat_rows = np.where(is_catalog)[0]
+    canon = {}
+    for r in cat_rows:
+        canon.setdefault(int(product[r]), r)  # first catalog view = canonical catalog crop
+    prod_ids = np.array(sorted(canon))
+    col = {p: i for i, p in enumerate(prod_ids)}
+    queries = np.where(~is_catalog)[0]
+    opt = torch.optim.AdamW(embedder.proj.parameters(), lr=5e-4, weight_decay=1e-4)
+    by_cat: dict[int, np.ndarray] = {int(c): np.unique(product[category == c]) for c in np.unique(category)}
+    log = []
+    for epoch in tqdm(range(cfg.emb_epochs), desc="embedder", unit="epoch"):
+        perm = rng.permutation(queries)
+        for i in range(0, len(perm), 128):
+            q = perm[i:i + 128]
+            gallery = embedder.project(x[[canon[p] for p in prod_ids]])
+            eq = embedder.project(x[q])
+            target = torch.tensor([col[int(p)] for p in product[q]])
+            loss = F.cross_entropy(eq @ gallery.T / temperature, target)
+            # P x K batch within one or two categories: hard negatives of the same category
+            c = int(rng.choice(list(by_cat)))
+            ps = rng.choice(by_cat[c], size=min(16, len(by_cat[c])), replace=False)
+            rows = np.concatenate([rng.choice(np.where(product == p)[0], size=4) for p in ps])
+            loss = loss + batch_hard_triplet(embedder.project(x[rows]), torch.from_numpy(product[rows]))
+            opt.zero_grad(); loss.backward(); opt.step()
+        log.append({"epoch": epoch, "loss": loss.item()})
+    return log
+
+
+def retrieval_recall(query: np.ndarray, query_product: np.ndarray, gallery: np.ndarray, gallery_product: np.ndarray,
+                     ks=(1, 5)) -> dict:
+    sims = query @ gallery.T
+    order = np.argsort(-sims, axis=1)
+    ranked = gallery_product[order]
+    return {f"recall@{k}": round(float(np.mean([(r[:k] == p).any() for r, p in zip(ranked, query_product)])), 4) for k in ks}

@@ -1,0 +1,36 @@
+import pytest
+
+from client import spec
+from export import repository
+
+
+def test_committed_configs_are_current():
+    assert repository.check() == [], "run `python -m export.repository` and commit the result"
+
+
+def test_ensemble_wires_every_step_from_earlier_outputs():
+    cfg = repository.ensemble_config()
+    assert [s.model_name for s in cfg.ensemble_scheduling.step] == [m.name for m in spec.STEPS]
+    assert {o.name for o in cfg.output} == {t.name for t in spec.ENSEMBLE_OUTPUTS}
+    crop = next(s for s in cfg.ensemble_scheduling.step if s.model_name == "crop")
+    assert dict(crop.input_map) == {t.name: t.name for t in spec.CROP.inputs}
+
+
+def test_onnx_configs_use_the_onnxruntime_backend_and_spec_shapes():
+    cfg = repository.model_config(spec.DETECTOR)
+    assert cfg.backend == "onnxruntime" and cfg.max_batch_size == 0
+    assert list(cfg.input[0].dims) == [-1, 3, spec.DET_SIZE, spec.DET_SIZE]
+    assert [o.name for o in cfg.output] == ["det_boxes", "det_scores"]
+
+
+def test_unknown_dtype_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="'x'.*FLOAT16"):
+        spec.Tensor("x", "FLOAT16", (1,))
+
+
+def test_check_reports_a_hand_edited_config(tmp_path):
+    repository.write(tmp_path)
+    cfg = tmp_path / "detector" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("dims: 320", "dims: 300", 1))
+    problems = repository.check(tmp_path)
+    assert len(problems) == 1 and "detector" in problems[0] and "-  dims: 300" in problems[0]
