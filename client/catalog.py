@@ -60,7 +60,9 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
             data_sha[name] = hashlib.sha256(data).hexdigest()
             yield name, data
 
+    answered = 0
     for name, result in client.infer_many(items(), concurrency=concurrency):
+        answered += 1
         if progress:
             progress(1)
         if isinstance(result, BadImage):
@@ -76,9 +78,8 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
             pending = []
     store.upsert(pending)
     report.points += len(pending)
-    skipped_unread = len(paths) - report.indexed - len(report.skipped)
-    if skipped_unread > 0:  # read errors are reported but never reach the progress callback
-        for _ in range(skipped_unread):
-            progress and progress(1)
+    unread = len(paths) - answered
+    if progress and unread > 0:  # files that could not be read never reached the server
+        progress(unread)
     report.seconds = time.time() - t0
     return report

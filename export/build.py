@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOSET = ROOT.parent / "shared" / "datasets" / "photoset"
 
 PROFILES = {
-    "quick": ({"synthetic_per_class": 6, "scenes": 1000, "catalog_views": 200},
-              {"det_epochs": 40, "cls_epochs": 150, "emb_epochs": 60}),
+    "quick": ({"synthetic_per_class": 6, "scenes": 2000, "catalog_views": 300},
+              {"det_epochs": 25, "cls_epochs": 150, "emb_epochs": 60}),
     "full": ({"synthetic_per_class": 30, "scenes": 8000, "catalog_views": 1500},
              {"det_epochs": 80, "cls_epochs": 300, "emb_epochs": 120}),
 }
@@ -94,8 +94,8 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
         # embedder
         emb = Embedder()
         train.pca_init(emb.proj, emb.center, pooled[tr])
-        cat_of = np.array([cats.index(sources.merge[sources.products[p].fine_class]) for p in crop_data.product]) if False else \
-            np.array([sorted(set(cats)).index(sources.products[p].category) for p in crop_data.product])
+        categories = sorted(set(cats))
+        cat_of = np.array([categories.index(sources.products[p].category) for p in crop_data.product])
 
         def val_recall() -> dict:
             with torch.no_grad():

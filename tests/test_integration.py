@@ -1,0 +1,144 @@
+"""Against a real tritonserver (bundled binary) and the real embedded Qdrant engine."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from client import imaging, spec
+from client.catalog import index_folder
+from client.search import search_image
+from client.store import QdrantStore
+from client.triton import BadImage, RetrievalClient, ServerUnavailable
+from deploy.check_demo import box_iou
+from deploy.local import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def indexed(client, demo, tmp_path_factory):
+    path = tmp_path_factory.mktemp("qdrant")
+    with QdrantStore(path=path) as store:
+        report = index_folder(demo / "catalog", client, store, category_from_folders=True)
+    return path, report
+
+
+def test_catalog_is_indexed_once_per_image(indexed, demo):
+    path, report = indexed
+    n = len(list((demo / "catalog").rglob("*.jpg")))
+    assert report.indexed == n and report.skipped == []
+    with QdrantStore(path=path) as store:
+        assert store.count() == n
+
+
+def test_each_product_in_generated_scenes_is_in_its_objects_top5(client, indexed, demo):
+    truth = json.loads((demo / "queries" / "truth.json").read_text())
+    found, total, lines = 0, 0, []
+    with QdrantStore(path=indexed[0]) as store:
+        for name, t in truth.items():
+            objects = search_image((demo / "queries" / name).read_bytes(), client, store, top_k=5)
+            for obj in t["objects"]:
+                total += 1
+                match = max(objects, key=lambda o: box_iou(o.box, obj["box"]))
+                ids = [r["product_id"] for r in match.results]
+                ok = box_iou(match.box, obj["box"]) >= 0.5 and obj["product_id"] in ids
+                found += ok
+                lines.append(f"{name} {obj['product_id']}: {'ok' if ok else 'MISSED'} iou={box_iou(match.box, obj['box']):.2f} top5={ids}")
+    print("\n".join(lines))
+    assert total >= 15
+    assert found / total >= 0.9, "\n".join(lines)
+
+
+def test_ensemble_equals_running_the_onnx_files_directly(client, built, demo):
+    data = (demo / "queries" / "scene_0.jpg").read_bytes()
+    got = client._client.infer(spec.ENSEMBLE, [_bytes_input(data)])
+    det, src, size = imaging.letterbox(imaging.decode(data))
+    run = lambda name, feed: ort.InferenceSession(str(built / name / "1" / "model.onnx")).run(None, feed)  # noqa: E731
+    boxes, scores = run("detector", {"det_image": det})
+    crops, rows, row_scores, valid = run("crop", {"crop_source": src, "det_boxes": boxes, "det_scores": scores, "image_size": size})
+    fine, cat, cat_score = run("classifier", {"crops": crops})
+    emb, = run("embedder", {"crops": crops})
+    np.testing.assert_allclose(got.as_numpy("boxes"), rows, atol=1e-3)
+    np.testing.assert_array_equal(got.as_numpy("valid"), valid)
+    np.testing.assert_allclose(got.as_numpy("embeddings"), emb, atol=1e-5)
+    np.testing.assert_allclose(got.as_numpy("category_score"), cat_score, atol=1e-5)
+    assert [c.decode() for c in got.as_numpy("category")] == list(cat)
+    assert valid[:spec.MAX_OBJECTS].sum() == 3  # the scene has three products
+
+
+def _bytes_input(data: bytes):
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput("image_bytes", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([data], dtype=object))
+    return inp
+
+
+def test_blank_image_gives_one_whole_image_object(client):
+    result = client.infer(imaging.encode_jpeg(Image.new("RGB", (500, 300), (128, 128, 128))), "blank.jpg")
+    assert len(result.objects) == 1 and result.objects[0].whole_image
+    assert result.objects[0].box == (0.0, 0.0, 500.0, 300.0)
+    assert np.isclose(np.linalg.norm(result.image_embedding), 1.0, atol=1e-4)
+
+
+def test_undecodable_bytes_reach_the_caller_as_invalid_argument(client):
+    with pytest.raises(BadImage, match=r"broken\.jpg: .*preprocess: cannot decode image") as err:
+        client.infer(b"\xff\xd8\xff garbage", "broken.jpg")
+    assert "INVALID_ARG" in str(err.value.__cause__.status())
+
+
+def test_bad_files_are_skipped_and_reported_the_rest_is_indexed(client, demo, tmp_path):
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    good = sorted((demo / "catalog").rglob("*.jpg"))[:3]
+    for p in good:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "corrupt.jpg").write_bytes(b"this is not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    with QdrantStore(path=tmp_path / "q") as store:
+        report = index_folder(folder, client, store)
+        assert report.indexed == 3 and store.count() == 3
+    reasons = dict(report.skipped)
+    assert set(reasons) == {str(folder / "corrupt.jpg"), str(folder / "empty.png")}
+    assert "cannot decode" in reasons[str(folder / "corrupt.jpg")] and "empty" in reasons[str(folder / "empty.png")]
+
+
+def test_server_down_is_a_clear_error():
+    with pytest.raises(ServerUnavailable, match="cannot reach Triton at 127.0.0.1:"):
+        RetrievalClient(f"127.0.0.1:{free_port()}", timeout=5)
+
+
+def test_search_cli_prints_the_json_contract(triton, indexed, demo):
+    env = dict(os.environ, TRITON_URL=triton.grpc_url, QDRANT_PATH=str(indexed[0]))
+    out = subprocess.run([sys.executable, "-m", "client.search", str(demo / "queries" / "scene_1.jpg"), "--json", "--top-k", "3"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["objects"]) == 3
+    for obj in doc["objects"]:
+        assert len(obj["box"]) == 4 and isinstance(obj["score"], float) and obj["category"]
+        assert 1 <= len(obj["results"]) <= 3
+        assert set(obj["results"][0]) == {"product_id", "path", "score"}
+
+
+def test_index_cli_reports_skips_with_exit_status_3(triton, demo, tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    src = sorted((demo / "catalog").rglob("*.jpg"))[0]
+    (folder / src.name).write_bytes(src.read_bytes())
+    (folder / "bad.jpg").write_bytes(b"nope")
+    env = dict(os.environ, TRITON_URL=triton.grpc_url, QDRANT_PATH=str(tmp_path / "q"))
+    out = subprocess.run([sys.executable, "-m", "client.index", str(folder)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert f"skipped {folder / 'bad.jpg'}: preprocess: cannot decode" in out.stderr
+    assert "indexed 1 of 2 images" in out.stdout
