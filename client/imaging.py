@@ -36,7 +36,9 @@ def decode(data: bytes) -> Image.Image:
                     img = img.convert("RGB")
             else:
                 img = img.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): not a known image format") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
     if img.width < 8 or img.height < 8:
         raise ImageDecodeError(f"image too small ({img.width}x{img.height}); need at least 8x8")

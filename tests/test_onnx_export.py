@@ -1,0 +1,80 @@
+"""The served ONNX files against eager torch (rebuilt from the trained heads), on two input shapes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from client import spec
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADS = ROOT / "data" / "build" / "heads_quick.pt"
+
+
+@pytest.fixture(scope="module")
+def torch_models(built):
+    torch = pytest.importorskip("torch")
+    if not HEADS.exists():
+        pytest.skip(f"{HEADS} missing (models were built elsewhere)")
+    from export.models import Classifier, Detector, Embedder
+
+    heads = torch.load(HEADS, map_location="cpu", weights_only=False)
+    det = Detector(); det.head.load_state_dict(heads["detector"])
+    cls = Classifier(heads["fine_classes"], heads["merge"]); cls.head.load_state_dict(heads["classifier"])
+    emb = Embedder(); emb.proj.load_state_dict(heads["embedder"]["proj"]); emb.center.copy_(heads["embedder"]["center"])
+    return torch, det.eval(), cls.eval(), emb.eval()
+
+
+def _session(built, name):
+    return ort.InferenceSession(str(built / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_detector_and_embedder_match_torch(built, torch_models, batch):
+    torch, det, _, emb = torch_models
+    rng = np.random.default_rng(batch)
+    x = rng.integers(0, 256, (batch, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8)
+    boxes, scores = _session(built, "detector").run(None, {"det_image": x})
+    with torch.no_grad():
+        tb, ts = det(torch.from_numpy(x))
+    assert boxes.shape == (batch, spec.MAX_OBJECTS, 4)
+    np.testing.assert_allclose(boxes, tb.numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores, ts.numpy(), atol=1e-4)
+    c = rng.integers(0, 256, (batch + 4, 3, spec.CROP_SIZE, spec.CROP_SIZE), dtype=np.uint8)
+    e, = _session(built, "embedder").run(None, {"crops": c})
+    with torch.no_grad():
+        np.testing.assert_allclose(e, emb(torch.from_numpy(c)).numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, spec.NUM_ROWS])
+def test_classifier_names_match_torch_indices(built, torch_models, batch):
+    torch, _, cls, _ = torch_models
+    c = np.random.default_rng(0).integers(0, 256, (batch, 3, spec.CROP_SIZE, spec.CROP_SIZE), dtype=np.uint8)
+    fine, cat, score = _session(built, "classifier").run(None, {"crops": c})
+    with torch.no_grad():
+        f, k, s = cls(torch.from_numpy(c))
+    assert list(fine) == [cls.fine_classes[i] for i in f] and list(cat) == [cls.categories[i] for i in k]
+    np.testing.assert_allclose(score, s.numpy(), atol=1e-5)
+
+
+def test_every_onnx_file_carries_its_metadata(built):
+    from export.onnx_export import read_metadata
+
+    for m in spec.ONNX_MODELS:
+        meta = read_metadata(built / m.name / "1" / "model.onnx")
+        assert meta["model"] == m.name and meta["embedding_dim"] == str(spec.EMBED_DIM)
+        assert json.loads(meta["normalization"])["mean"] == list(spec.MEAN)
+    meta = read_metadata(built / "classifier" / "1" / "model.onnx")
+    merge = json.loads(meta["merge_map"])
+    assert set(json.loads(meta["fine_classes"])) == set(merge) and set(merge.values()) == set(json.loads(meta["categories"]))
+
+
+def test_onnx_io_names_are_the_spec(built):
+    for m in spec.ONNX_MODELS:
+        s = _session(built, m.name)
+        assert [i.name for i in s.get_inputs()] == [t.name for t in m.inputs]
+        assert [o.name for o in s.get_outputs()] == [t.name for t in m.outputs]
