@@ -28,15 +28,19 @@ def ranks(result: dict, truth: dict) -> list[tuple[str, int | None]]:
 
 
 def main() -> int:
-    result_file, truth_file, name = sys.argv[1], sys.argv[2], sys.argv[3]
-    result = json.loads(Path(result_file).read_text())
-    truth = json.loads(Path(truth_file).read_text())[name]
-    ok = True
-    for pid, rank in ranks(result, truth):
-        found = rank is not None and rank <= 5
-        ok &= found
-        print(f"  {'FOUND' if found else 'MISSED'} {pid}" + (f" at rank {rank}" if rank else " (not in top 5 of a matching box)"))
-    return 0 if ok else 1
+    """check_demo TRUTH.json RESULT.json [RESULT.json ...]: prints each true product's rank and a total."""
+    truth = json.loads(Path(sys.argv[1]).read_text())
+    found = total = 0
+    for result_file in sys.argv[2:]:
+        result = json.loads(Path(result_file).read_text())
+        print(Path(result["image"]).name)
+        for pid, rank in ranks(result, truth[Path(result["image"]).name]):
+            ok = rank is not None and rank <= 5
+            found += ok
+            total += 1
+            print(f"  {'FOUND' if ok else 'MISSED'} {pid}" + (f" at rank {rank}" if rank else " (no detected box overlaps it, or not in its top 5)"))
+    print(f"demo: {found} of {total} products in the top 5 of their object")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ export QDRANT_PATH=${QDRANT_PATH:-$DEMO/qdrant}
 [ -f "$DEMO/queries/truth.json" ] || $PY -m export.demo_data "$DEMO"
 $PY -m deploy.local up
 $PY -m client.index "$DEMO/catalog" --category-from-folders
-status=0
+results=()
 for q in "$DEMO"/queries/scene_*.jpg; do
   $PY -m client.search "$q" --top-k 5
-  $PY -m client.search "$q" --top-k 5 --json > "$DEMO/result.json"
-  $PY -m deploy.check_demo "$DEMO/result.json" "$DEMO/queries/truth.json" "$(basename "$q")" || status=1
+  out="$DEMO/results/$(basename "$q" .jpg).json"
+  mkdir -p "$DEMO/results"
+  $PY -m client.search "$q" --top-k 5 --json > "$out"
+  results+=("$out")
 done
+$PY -m deploy.check_demo "$DEMO/queries/truth.json" "${results[@]}"
 echo "demo finished in $(( $(date +%s) - start )) s; the server keeps running: python -m deploy.local down"
-exit $status

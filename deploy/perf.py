@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,12 @@ def perf_analyzer_binary() -> Path:
 
 
 def input_data(images: list[Path], out: Path) -> Path:
-    rows = [{spec.IMAGE_BYTES.name: {"b64": base64.b64encode(p.read_bytes()).decode(), "shape": [1]}} for p in images]
+    """perf_analyzer takes b64 content as the serialised tensor: a BYTES element is a little-endian
+    uint32 length followed by the bytes."""
+    rows = []
+    for p in images:
+        data = p.read_bytes()
+        rows.append({spec.IMAGE_BYTES.name: {"b64": base64.b64encode(struct.pack("<I", len(data)) + data).decode(), "shape": [1]}})
     out.write_text(json.dumps({"data": rows}))
     return out
 
