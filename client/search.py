@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--category", help="search every object within this category instead of its detected one")
     ap.add_argument("--no-category-filter", action="store_true", help="search the whole catalog for every object")
     ap.add_argument("--json", action="store_true", help='print {"objects": [{"box", "score", "category", "results": [...]}]}')
+    ap.add_argument("--html", type=Path, help="also write an HTML gallery of the results to this file")
     ap.add_argument("--triton-url", help="default: $TRITON_URL or 127.0.0.1:8001")
     args = ap.parse_args(argv)
     if args.top_k < 1:
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"image": str(args.image), "objects": [o.to_json() for o in objects]}))
     else:
         print(format_table(str(args.image), objects))
+    if args.html:
+        from client import gallery, imaging
+
+        gallery.write(args.html, imaging.decode(data), str(args.image), objects)
+        print(f"gallery: {args.html}", file=sys.stderr)
     return 0
 
 

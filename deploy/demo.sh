@@ -17,8 +17,9 @@ for q in "$DEMO"/queries/scene_*.jpg; do
   $PY -m client.search "$q" --top-k 5
   out="$DEMO/results/$(basename "$q" .jpg).json"
   mkdir -p "$DEMO/results"
-  $PY -m client.search "$q" --top-k 5 --json > "$out"
+  $PY -m client.search "$q" --top-k 5 --json --html "${out%.json}.html" > "$out"
   results+=("$out")
 done
 $PY -m deploy.check_demo "$DEMO/queries/truth.json" "${results[@]}"
+echo "result galleries: $DEMO/results/*.html"
 echo "demo finished in $(( $(date +%s) - start )) s; the server keeps running: python -m deploy.local down"

@@ -119,10 +119,11 @@ def test_server_down_is_a_clear_error():
         RetrievalClient(f"127.0.0.1:{free_port()}", timeout=5)
 
 
-def test_search_cli_prints_the_json_contract(triton, indexed, demo):
+def test_search_cli_prints_the_json_contract_and_a_gallery(triton, indexed, demo, tmp_path):
     env = dict(os.environ, TRITON_URL=triton.grpc_url, QDRANT_PATH=str(indexed[0]))
-    out = subprocess.run([sys.executable, "-m", "client.search", str(demo / "queries" / "scene_1.jpg"), "--json", "--top-k", "3"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    page = tmp_path / "g.html"
+    out = subprocess.run([sys.executable, "-m", "client.search", str(demo / "queries" / "scene_1.jpg"), "--json", "--top-k", "3",
+                          "--html", str(page)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert len(doc["objects"]) == 3
@@ -130,6 +131,10 @@ def test_search_cli_prints_the_json_contract(triton, indexed, demo):
         assert len(obj["box"]) == 4 and isinstance(obj["score"], float) and obj["category"]
         assert 1 <= len(obj["results"]) <= 3
         assert set(obj["results"][0]) == {"product_id", "path", "score"}
+    gallery = page.read_text()
+    n_results = sum(len(o["results"]) for o in doc["objects"])
+    assert gallery.count("data:image/jpeg;base64,") == 1 + n_results  # the query plus one thumbnail per result
+    assert all(r["product_id"] in gallery for o in doc["objects"] for r in o["results"])
 
 
 def test_index_cli_reports_skips_with_exit_status_3(triton, demo, tmp_path):
