@@ -43,7 +43,9 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
     from export import dataset, train
     from export.crop_graph import build_crop_model
     from export.models import Classifier, Detector, Embedder
-    from export.onnx_export import add_label_outputs, export_torch, finish, metadata, parity
+    import onnx
+
+    from export.onnx_export import add_label_outputs, export_torch, finish, metadata, parity, set_metadata
 
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -66,7 +68,7 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
         print(f"data: {len(sources.products)} products, {len(sources.fine_classes)} fine classes, "
               f"{len(set(sources.merge.values()))} categories, {len(sources.train_backgrounds)} background photos "
               f"({'photoset ' + photoset if photoset else 'generated only'})")
-        det_data, crop_data, _ = dataset.generate(dcfg, sources)
+        det_data, crop_data = dataset.generate(dcfg, sources)
         runner = dataset.BackboneRunner(build_dir / "backbone.onnx")
         f16, f32, _ = runner.run(det_data.images, desc="detector features")
         _, _, pooled = runner.run(crop_data.crops, batch=64, desc="crop features", outputs=("f16", "f32", "pooled"))
@@ -151,9 +153,7 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
         parity_log["embedder"] = parity(path, lambda x: [emb(torch.from_numpy(x)).numpy()], [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
 
     crop = build_crop_model()
-    from export.onnx_export import set_metadata
     set_metadata(crop, metadata(spec.CROP))
-    import onnx
     onnx.save(crop, str(onnx_path(repo, "crop")))
     log["onnx_parity_max_abs_diff"] = parity_log
     log["export_seconds"] = round(time.time() - t1, 1)

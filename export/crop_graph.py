@@ -20,7 +20,7 @@ def _value_info(t: spec.Tensor) -> onnx.ValueInfoProto:
 
 def build_crop_model(threshold: float = spec.SCORE_THRESHOLD) -> onnx.ModelProto:
     m = spec.CROP
-    k, n = spec.MAX_OBJECTS, spec.NUM_ROWS
+    n = spec.NUM_ROWS
     src_side = float(spec.CROP_SOURCE_SIZE)
 
     def const(name: str, value, dtype=np.float32) -> onnx.TensorProto:
@@ -77,6 +77,4 @@ def build_crop_model(threshold: float = spec.SCORE_THRESHOLD) -> onnx.ModelProto
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.ONNX_OPSET)], producer_name="export.crop_graph")
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
-    if k + 1 != n:
-        raise RuntimeError("spec.NUM_ROWS must be MAX_OBJECTS + 1")
     return model

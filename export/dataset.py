@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 from tqdm import tqdm
 
 from client import imaging, spec
 from export.crop_graph import build_crop_model
 from export.products import Product, load_cutouts, synthetic_products
-from export.scenes import Backgrounds, Scene, list_images, make_scene
+from export.scenes import Backgrounds, list_images, make_scene
 
 
 @dataclass
@@ -134,7 +133,7 @@ def _jitter(box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndar
     return np.clip(box + d, 0, 1).astype(np.float32)
 
 
-def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData, list[Scene]]:
+def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData]:
     """Scenes for the detector, and crops (scene objects + catalog views) for classifier and embedder."""
     rng = np.random.default_rng(cfg.seed + 1)
     bgs = Backgrounds(sources.train_backgrounds)
@@ -171,25 +170,4 @@ def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData,
         det_images.append(det[0]); det_boxes.append(_norm(box, size)[None]); det_val.append(False)
     detector = DetectorData(np.stack(det_images), det_boxes, np.array(det_val))
     crop_data = CropData(np.concatenate(crops), np.array(crop_prod), np.array(crop_cat), np.array(crop_val))
-    return detector, crop_data, []
-
-
-def catalog_crops(sources: Sources, cutter: CropCutter | None = None) -> np.ndarray:
-    """The canonical catalog crop of every product (as indexed): tight box on a 320 white image."""
-    cutter = cutter or CropCutter()
-    out = []
-    for p in sources.products:
-        img, box = p.catalog_image_and_box()
-        _, src, size = imaging.letterbox(img)
-        out.append(cutter(src, size, _norm(box, size)[None]))
-    return np.concatenate(out)
-
-
-def save_image_grid(images: np.ndarray, path: Path, cols: int = 8) -> None:
-    n = len(images)
-    rows = (n + cols - 1) // cols
-    s = images.shape[-1]
-    sheet = Image.new("RGB", (cols * s, rows * s), "white")
-    for i, im in enumerate(images):
-        sheet.paste(Image.fromarray(im.transpose(1, 2, 0)), ((i % cols) * s, (i // cols) * s))
-    sheet.save(path)
+    return detector, crop_data

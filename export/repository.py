@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import shutil
 import sys
 from pathlib import Path
 
@@ -82,7 +83,12 @@ def write(repository: Path = REPOSITORY) -> list[Path]:
             path.write_text(text)
             written.append(path)
     for m in spec.STEPS:
-        (repository / m.name / "1").mkdir(parents=True, exist_ok=True)
+        version = repository / m.name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        source = REPOSITORY / m.name / "1" / "model.py"  # hand-written Python models travel with the configs
+        if m.kind == "python" and repository.resolve() != REPOSITORY and not (version / "model.py").exists():
+            shutil.copy2(source, version / "model.py")
+            written.append(version / "model.py")
     return written
 
 

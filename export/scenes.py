@@ -6,7 +6,6 @@ Each scene records, per object, its box, product id, fine class, category and th
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,12 +160,3 @@ def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random
     for o in objects:
         o.transform.update(global_t)
     return Scene(bg, objects, bg_name)
-
-
-def box_from_ratio(box, ratio: float) -> tuple[float, float, float, float]:
-    return tuple(v * ratio for v in box)
-
-
-def rotate_point(x: float, y: float, cx: float, cy: float, deg: float) -> tuple[float, float]:
-    a = math.radians(deg)
-    return cx + (x - cx) * math.cos(a) - (y - cy) * math.sin(a), cy + (x - cx) * math.sin(a) + (y - cy) * math.cos(a)

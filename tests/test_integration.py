@@ -1,7 +1,6 @@
 """Against a real tritonserver (bundled binary) and the real embedded Qdrant engine."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess

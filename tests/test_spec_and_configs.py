@@ -28,6 +28,12 @@ def test_unknown_dtype_is_refused_with_its_name():
         spec.Tensor("x", "FLOAT16", (1,))
 
 
+def test_a_repository_elsewhere_gets_configs_and_python_models(tmp_path):
+    repository.write(tmp_path)
+    assert (tmp_path / "preprocess" / "1" / "model.py").read_text() == (repository.REPOSITORY / "preprocess" / "1" / "model.py").read_text()
+    assert repository.check(tmp_path) == []
+
+
 def test_check_reports_a_hand_edited_config(tmp_path):
     repository.write(tmp_path)
     cfg = tmp_path / "detector" / "config.pbtxt"
