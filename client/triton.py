@@ -110,7 +110,7 @@ class RetrievalClient:
             res = self._client.infer(self.model, [inp], outputs=outs, client_timeout=self.timeout)
         except InferenceServerException as exc:
             msg = (exc.message() or str(exc)).removeprefix(f"in ensemble '{self.model}', ")
-            if "INVALID_ARG" in str(exc.status()) or "decode" in msg or "preprocess" in msg:
+            if "INVALID_ARG" in str(exc.status()):
                 raise BadImage(f"{name}: {msg}") from exc
             if "UNAVAILABLE" in str(exc.status()):
                 raise ServerUnavailable(f"Triton at {self.url} went away: {msg}") from exc

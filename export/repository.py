@@ -86,9 +86,10 @@ def write(repository: Path = REPOSITORY) -> list[Path]:
         version = repository / m.name / "1"
         version.mkdir(parents=True, exist_ok=True)
         source = REPOSITORY / m.name / "1" / "model.py"  # hand-written Python models travel with the configs
-        if m.kind == "python" and repository.resolve() != REPOSITORY and not (version / "model.py").exists():
-            shutil.copy2(source, version / "model.py")
-            written.append(version / "model.py")
+        target = version / "model.py"
+        if m.kind == "python" and repository.resolve() != REPOSITORY and (not target.exists() or target.read_bytes() != source.read_bytes()):
+            shutil.copy2(source, target)
+            written.append(target)
     return written
 
 

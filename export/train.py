@@ -58,7 +58,7 @@ def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: 
                    cfg: TrainConfig) -> list[dict]:
     torch.manual_seed(cfg.seed)
     h, w = f16.shape[-2:]
-    targets = centernet_targets([boxes[i] for i in range(len(boxes))], h, w)
+    targets = centernet_targets(boxes, h, w)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-3)
     steps = cfg.det_epochs * math.ceil(len(train_idx) / cfg.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
