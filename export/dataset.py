@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from client import imaging, spec
 from export.crop_graph import build_crop_model
-from export.products import Product, load_cutouts, synthetic_products
+from export.products import Product, load_cutouts, product_split, synthetic_products
 from export.scenes import Backgrounds, list_images, make_scene
 
 
@@ -36,10 +36,15 @@ def held_out_background(path: Path) -> bool:
 
 @dataclass
 class Sources:
-    products: list[Product]
+    products: list[Product]  # training products (splits train + val); test products are never here
     train_backgrounds: list[Path]
     eval_backgrounds: list[Path]
     errors: list[str] = field(default_factory=list)
+    held_out: list[Product] = field(default_factory=list)  # split "test": only export.evaluate sees them
+
+    @property
+    def val_products(self) -> set[str]:
+        return {p.product_id for p in self.products if product_split(p.product_id) == "val"}
 
     @property
     def fine_classes(self) -> list[str]:
@@ -62,7 +67,9 @@ def load_sources(cfg: DataConfig) -> Sources:
             products += cuts
         if photo_dir.is_dir():
             bgs = list_images(photo_dir)
-    return Sources(products, [p for p in bgs if not held_out_background(p)], [p for p in bgs if held_out_background(p)], errors)
+    train = [p for p in products if product_split(p.product_id) != "test"]
+    test = [p for p in products if product_split(p.product_id) == "test"]
+    return Sources(train, [p for p in bgs if not held_out_background(p)], [p for p in bgs if held_out_background(p)], errors, test)
 
 
 class BackboneRunner:

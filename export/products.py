@@ -5,6 +5,7 @@ cutout on white gives its catalog image; pasting it on a photo gives a query sce
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,14 +219,22 @@ def draw_product(fine_class: str, rng: np.random.Generator, side: int = CUTOUT_S
     return tight(img)
 
 
-def synthetic_products(per_class: int, seed: int = 0) -> list[Product]:
+def synthetic_products(per_class: int, seed: int = 0, prefix: str = "") -> list[Product]:
     """``per_class`` drawn products of every synthetic fine class, deterministic by seed."""
     rng = np.random.default_rng(seed)
     products = []
     for fine, category in SYNTHETIC_CLASSES.items():
         for i in range(per_class):
-            products.append(Product(f"{fine}_{i:03d}", fine, category, draw_product(fine, rng)))
+            products.append(Product(f"{prefix}{fine}_{i:03d}", fine, category, draw_product(fine, rng)))
     return products
+
+
+def product_split(product_id: str) -> str:
+    """``test`` (20%: never used in training, only by export.evaluate), ``val`` (20%: left out of the
+    classifier fit whose confusion matrix decides the category merge) or ``train``; by a hash of the
+    product id, so the split is stable across runs, profiles and machines."""
+    h = int(hashlib.sha256(f"product:{product_id}".encode()).hexdigest(), 16) % 5
+    return "test" if h == 0 else "val" if h == 1 else "train"
 
 
 def cutout_identity(path: Path) -> tuple[str, str, str]:

@@ -84,6 +84,21 @@ class Backgrounds:
         return img, path.name
 
 
+def perspective(img: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
+    """A random perspective warp (the object seen from an angle): corners move by up to ``strength`` x side."""
+    w, h = img.size
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+    dst = src + rng.uniform(-strength, strength, (4, 2)) * [w, h]
+    dst -= dst.min(0)
+    out_w, out_h = int(np.ceil(dst[:, 0].max())), int(np.ceil(dst[:, 1].max()))
+    # PIL maps output -> input: solve the 8 homography coefficients from dst to src
+    a = []
+    for (x, y), (u, v) in zip(dst, src):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y]); a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    coeffs = np.linalg.solve(np.array(a), src.reshape(8))
+    return img.transform((max(out_w, 1), max(out_h, 1)), Image.PERSPECTIVE, tuple(coeffs), Image.BICUBIC)
+
+
 def _overlap(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -94,7 +109,7 @@ def _overlap(a, b) -> float:
 def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random.Generator, *,
                size: tuple[int, int] | None = None, n_objects: int | None = None,
                scale_range: tuple[float, float] = (0.22, 0.55), max_rotation: float = 25.0,
-               occlusion_p: float = 0.15, degrade: bool = True) -> Scene:
+               occlusion_p: float = 0.15, perspective_p: float = 0.3, degrade: bool = True) -> Scene:
     """Pastes 1-3 of ``products`` (chosen by ``rng`` unless exactly len(products) <= n) on a background."""
     if size is None:
         size = (int(rng.choice([480, 560, 640])), int(rng.choice([400, 480, 560])))
@@ -110,6 +125,9 @@ def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random
             obj = fit(product.cutout, side)
             angle = float(rng.uniform(-max_rotation, max_rotation))
             obj = obj.rotate(angle, resample=Image.BICUBIC, expand=True)
+            warp = float(rng.uniform(0.05, 0.18)) if rng.random() < perspective_p else 0.0
+            if warp:
+                obj = perspective(obj, rng, warp)
             light = float(rng.uniform(0.55, 1.25))
             obj = Image.merge("RGBA", (*ImageEnhance.Brightness(obj.convert("RGB")).enhance(light).split(), obj.getchannel("A")))
             if obj.width >= w or obj.height >= h:
@@ -123,7 +141,8 @@ def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random
                 continue
             bg.paste(obj, (x, y), obj)
             objects.append(SceneObject(product.product_id, product.fine_class, product.category, tuple(float(v) for v in box),
-                                       {"scale": round(rel, 3), "rotation": round(angle, 1), "light": round(light, 2)}))
+                                       {"scale": round(rel, 3), "rotation": round(angle, 1), "light": round(light, 2),
+                                        **({"perspective": round(warp, 2)} if warp else {})}))
             break
     # occlusion: a grey or coloured bar over part of an object
     for o in objects:
@@ -139,6 +158,12 @@ def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random
             o.transform["occlusion"] = round(frac, 2)
     global_t: dict = {}
     if degrade:
+        if rng.random() < 0.35:  # colour cast (white balance) and saturation
+            gains = rng.uniform(0.82, 1.18, 3)
+            sat = float(rng.uniform(0.5, 1.4))
+            arr = np.asarray(ImageEnhance.Color(bg).enhance(sat), dtype=np.float32) * gains
+            bg = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+            global_t["colour"] = round(float(np.abs(gains - 1).max() + abs(sat - 1)), 2)
         if rng.random() < 0.5:
             c = float(rng.uniform(0.6, 1.3))
             bg = ImageEnhance.Contrast(bg).enhance(c)

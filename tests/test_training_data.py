@@ -1,0 +1,50 @@
+"""Product split, category merge by confusion, and generated query transforms."""
+import numpy as np
+
+from export import dataset, merge
+from export.products import product_split, synthetic_products
+from export.scenes import Backgrounds, make_scene
+
+
+def test_held_out_products_never_reach_training():
+    sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=10))
+    train_ids = {p.product_id for p in sources.products}
+    test_ids = {p.product_id for p in sources.held_out}
+    assert test_ids and train_ids and not train_ids & test_ids
+    assert all(product_split(i) == "test" for i in test_ids)
+    assert 0.1 < len(test_ids) / (len(test_ids) + len(train_ids)) < 0.3
+    # stable: the same ids are held out on every run and in every profile
+    again = dataset.load_sources(dataset.DataConfig(synthetic_per_class=4))
+    assert {p.product_id for p in again.held_out} == {i for i in test_ids if int(i.rsplit("_", 1)[1]) < 4}
+
+
+def test_merge_joins_only_confused_classes():
+    classes = ["animals-birds", "animals-mammals", "tools", "watch_round", "watch_square"]
+    conf = np.diag([50, 50, 50, 50, 50])
+    conf[0, 1], conf[1, 0] = 20, 15  # birds and mammals are confused
+    conf[3, 4], conf[4, 3] = 25, 25  # so are the two watch classes
+    conf[2, 3] = 1  # one stray mistake is not a reason to merge
+    mapping, steps = merge.merge_by_confusion(classes, conf, target=0.97)
+    assert mapping["animals-birds"] == mapping["animals-mammals"] == "animals"
+    assert mapping["watch_round"] == mapping["watch_square"] == "watch"
+    assert mapping["tools"] == "tools"
+    assert steps[-1]["categories"] == 3 and steps[-1]["final_accuracy"] >= 0.97
+
+
+def test_merge_keeps_classes_the_model_separates():
+    mapping, steps = merge.merge_by_confusion(["a", "b", "c"], np.diag([10, 10, 10]))
+    assert mapping == {"a": "a", "b": "b", "c": "c"} and steps[-1]["final_accuracy"] == 1.0
+
+
+def test_scene_objects_record_their_transforms():
+    products = synthetic_products(2)
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(40):
+        scene = make_scene(products, Backgrounds(), rng)
+        for o in scene.objects:
+            assert {"scale", "rotation", "light", "jpeg"} <= set(o.transform)
+            seen |= set(o.transform)
+            x1, y1, x2, y2 = o.box
+            assert 0 <= x1 < x2 <= scene.image.width and 0 <= y1 < y2 <= scene.image.height
+    assert {"perspective", "colour", "blur", "noise", "contrast", "occlusion"} <= seen
