@@ -156,16 +156,35 @@ class Classifier(nn.Module):
 
 
 class Embedder(nn.Module):
-    """Linear projection of the pooled backbone vector, L2-normalised (initialised from PCA)."""
+    """Linear projection of the pooled backbone vector, L2-normalised (initialised from PCA).
 
-    def __init__(self, *, pretrained: bool = True, dim: int = spec.EMBED_DIM) -> None:
+    ``tune_head=True`` (partial unfreezing) gives the embedder its own trainable copy of the backbone's
+    last 1x1 conv + BN (320 -> 1280 channels) before pooling; the rest of the backbone stays frozen, so
+    training still runs on cached stride-32 feature maps.
+    """
+
+    def __init__(self, *, pretrained: bool = True, dim: int = spec.EMBED_DIM, tune_head: bool = False) -> None:
         super().__init__()
         self.backbone = freeze(Backbone(pretrained=pretrained))
         self.register_buffer("center", torch.zeros(1280))
         self.proj = nn.Linear(1280, dim, bias=False)
+        self.tuned_head = None
+        if tune_head:
+            import copy
+
+            self.tuned_head = copy.deepcopy(self.backbone.head).eval()
+            for p in self.tuned_head.parameters():
+                p.requires_grad_(True)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(pooled - self.center), dim=1)
 
+    def embed_features(self, x: torch.Tensor) -> torch.Tensor:
+        """From cached features: stride-32 maps when the head is tuned, else pooled vectors."""
+        if self.tuned_head is not None:
+            x = self.tuned_head(x).mean(dim=(2, 3))
+        return self.project(x)
+
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return self.project(self.backbone.pooled(crops))
+        _, f32, pooled = self.backbone(crops)
+        return self.embed_features(f32 if self.tuned_head is not None else pooled)

@@ -18,6 +18,7 @@ class TrainConfig:
     det_epochs: int = 40
     cls_epochs: int = 150
     emb_epochs: int = 60
+    emb_tune_head: bool = False  # partial unfreezing: also train the backbone's last conv (see models.Embedder)
     batch: int = 32
     lr: float = 2e-3
     seed: int = 0
@@ -136,15 +137,19 @@ def run_detector_head(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, idx:
 
 # --- classifier -----------------------------------------------------------------------------------
 
-def train_classifier(head: torch.nn.Module, feats: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> list[dict]:
+def train_classifier(head: torch.nn.Module, feats: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
+                     progress: bool = True) -> list[dict]:
     torch.manual_seed(cfg.seed)
     x, y = torch.from_numpy(feats).float(), torch.from_numpy(labels).long()
     counts = torch.bincount(y, minlength=head[-1].out_features).float().clamp(min=1)
-    weight = (counts.sum() / counts) / (counts.sum() / counts).mean()
+    # square-root inverse frequency: full inverse-frequency weights made the probe pick rare one-product
+    # classes for new products (unseen-product category accuracy 0.37 vs 0.71 with sqrt weights)
+    weight = (counts.sum() / counts).sqrt()
+    weight = weight / weight.mean()
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-3)
     log = []
     head.train()
-    for epoch in tqdm(range(cfg.cls_epochs), desc="classifier", unit="epoch"):
+    for epoch in tqdm(range(cfg.cls_epochs), desc="classifier", unit="epoch", disable=not progress):
         perm = torch.randperm(len(x))
         for i in range(0, len(x), 256):
             b = perm[i:i + 256]
@@ -189,22 +194,25 @@ def train_embedder(embedder, feats: np.ndarray, product: np.ndarray, is_catalog:
     prod_ids = np.array(sorted(canon))
     col = {p: i for i, p in enumerate(prod_ids)}
     queries = np.where(~is_catalog)[0]
-    opt = torch.optim.AdamW(embedder.proj.parameters(), lr=5e-4, weight_decay=1e-4)
+    groups = [{"params": embedder.proj.parameters(), "lr": 5e-4}]
+    if embedder.tuned_head is not None:
+        groups.append({"params": embedder.tuned_head.parameters(), "lr": 1e-4})
+    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     by_cat: dict[int, np.ndarray] = {int(c): np.unique(product[category == c]) for c in np.unique(category)}
     log = []
     for epoch in tqdm(range(cfg.emb_epochs), desc="embedder", unit="epoch"):
         perm = rng.permutation(queries)
         for i in range(0, len(perm), 128):
             q = perm[i:i + 128]
-            gallery = embedder.project(x[[canon[p] for p in prod_ids]])
-            eq = embedder.project(x[q])
+            gallery = embedder.embed_features(x[[canon[p] for p in prod_ids]])
+            eq = embedder.embed_features(x[q])
             target = torch.tensor([col[int(p)] for p in product[q]])
             loss = F.cross_entropy(eq @ gallery.T / temperature, target)
             # P x K batch within one or two categories: hard negatives of the same category
             c = int(rng.choice(list(by_cat)))
             ps = rng.choice(by_cat[c], size=min(16, len(by_cat[c])), replace=False)
             rows = np.concatenate([rng.choice(np.where(product == p)[0], size=4) for p in ps])
-            loss = loss + batch_hard_triplet(embedder.project(x[rows]), torch.from_numpy(product[rows]))
+            loss = loss + batch_hard_triplet(embedder.embed_features(x[rows]), torch.from_numpy(product[rows]))
             opt.zero_grad(); loss.backward(); opt.step()
         log.append({"epoch": epoch, "loss": loss.item()})
     return log
