@@ -1,7 +1,8 @@
 """python -m client.search IMG [--top-k N] [--category C] [--json]: most similar catalog products per object.
 
-Every object the detector finds (the whole image if none) is searched within its merged category
-(or --category C for all objects), one hit per product, ranked by cosine similarity.
+Every object the detector finds (the whole image if none) is searched within its merged category when
+the classifier is confident (category_score >= spec.CATEGORY_FILTER_MIN_SCORE; else in the whole
+catalog), or within --category C for all objects; one hit per product, ranked by cosine similarity.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from client import spec
 from client.store import QdrantStore, StoreError
 from client.triton import BadImage, RetrievalClient, TritonError
 
@@ -33,8 +35,15 @@ def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, to
                  category: str | None = None, name: str = "<bytes>", filter_by_category: bool = True) -> list[ObjectResults]:
     result = client.infer(data, name)
     out = []
+    known: dict[str, bool] = {}
     for obj in sorted(result.objects, key=lambda o: -o.score):
-        cat = category or (obj.category if filter_by_category else None)
+        cat = category
+        if cat is None and filter_by_category and obj.category_score >= spec.CATEGORY_FILTER_MIN_SCORE:
+            # a catalog indexed with its own categories (--category-from-folders) may not use the
+            # classifier's names: filter only by a category the catalog has
+            if obj.category not in known:
+                known[obj.category] = store.count(obj.category) > 0
+            cat = obj.category if known[obj.category] else None
         hits = store.search(obj.embedding, category=cat, top_k=top_k)
         out.append(ObjectResults(obj.box, obj.score, obj.category, obj.fine_class, obj.whole_image,
                                  [{"product_id": h.product_id, "path": h.path, "score": round(h.score, 4)} for h in hits]))

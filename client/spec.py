@@ -32,6 +32,9 @@ NUM_ROWS = MAX_OBJECTS + 1  # K detections + the whole image
 EMBED_DIM = 256
 EMBEDDER_VERSION = 1  # Qdrant collection products_v<N>; bump when embeddings change meaning
 SCORE_THRESHOLD = 0.30  # detector operating threshold (baked into the crop graph)
+# search filters by the object's category only when the classifier is this sure (export.evaluate reports
+# Recall with the filter at several thresholds); below it, the whole catalog is searched
+CATEGORY_FILTER_MIN_SCORE = 0.80
 PAD_VALUE = 114  # grey used to pad images to a square
 WHOLE_IMAGE_SCORE = 1.0  # score reported for row K
 ONNX_OPSET = 17
