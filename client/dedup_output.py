@@ -1,0 +1,92 @@
+"""What client.dedup prints and does with its groups: table, CSV, JSON, an HTML page, and the opt-in
+``--move-to`` / ``--delete`` plan (a dry run unless ``--apply``; the kept image of a group is never touched)."""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import shutil
+from pathlib import Path
+
+from client.gallery import _thumb
+
+
+def table(result) -> str:
+    lines = [f"{len(result.groups)} group(s) of copies among {result.scanned} images (method {result.method}, "
+             + ", ".join(f"{k} {v:g}" for k, v in (result.settings or {"threshold": result.threshold}).items()) + ")"]
+    for n, g in enumerate(result.groups, 1):
+        kind = "exact" if g.exact else "near"
+        lines.append(f"\ngroup {n}: {g.count} copies ({kind})")
+        for k, p in enumerate(g.images):
+            lines.append(f"  {'keep ' if k == 0 else '     '} {p}")
+    return "\n".join(lines)
+
+
+def to_csv(result) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["group", "count", "path", "keep", "exact"])
+    for n, g in enumerate(result.groups, 1):
+        for k, p in enumerate(g.images):
+            w.writerow([n, g.count, p, int(k == 0), int(g.exact)])
+    return buf.getvalue()
+
+
+def to_json(result) -> str:
+    return json.dumps(result.to_json(), indent=1)
+
+
+def to_html(result, side: int = 160) -> str:
+    sections = []
+    for n, g in enumerate(result.groups, 1):
+        cells = "".join(
+            f'<figure{" class=keep" if k == 0 else ""}><img src="{_thumb(p, side)}" alt=""><figcaption>'
+            f'{"<b>keep</b><br>" if k == 0 else ""}{html.escape(p)}</figcaption></figure>' for k, p in enumerate(g.images))
+        sections.append(f'<section><h2>group {n}: {g.count} copies ({"exact" if g.exact else "near-duplicate"})</h2>'
+                        f'<div class="row">{cells}</div></section>')
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>duplicates</title><style>
+body{{font-family:sans-serif;margin:1em}} .row{{display:flex;gap:8px;flex-wrap:wrap}} figure{{margin:0;width:{side + 10}px;font-size:11px;word-break:break-all}}
+figure.keep img{{outline:3px solid #3cb44b}} section{{border-top:1px solid #ccc;margin:10px 0}} h2{{font-size:15px}} img{{max-width:100%}}</style></head><body>
+<h1>{len(result.groups)} group(s) of copies among {result.scanned} images</h1><p>method {html.escape(result.method)}, threshold {result.threshold:g};
+the image kept (largest resolution, then largest file, then oldest) is outlined.</p>{''.join(sections) or '<p>no duplicates</p>'}</body></html>"""
+
+
+def plan(result, *, move_to: Path | None, delete: bool, root: Path) -> list[tuple[str, str | None]]:
+    """(path, destination or None for delete) for every copy but the kept one of each group."""
+    if move_to and delete:
+        raise ValueError("give --move-to or --delete, not both")
+    actions = []
+    for g in result.groups:
+        for p in g.images[1:]:
+            if delete:
+                actions.append((p, None))
+            elif move_to:
+                try:
+                    rel = Path(p).resolve().relative_to(root.resolve())
+                except ValueError:
+                    rel = Path(Path(p).name)
+                actions.append((p, str(move_to / rel)))
+    return actions
+
+
+def apply(actions: list[tuple[str, str | None]], *, dry_run: bool, log) -> list[tuple[str, str]]:
+    """Carries out (or, in a dry run, only prints) the plan; returns (path, reason) of what failed."""
+    failed = []
+    for src, dst in actions:
+        what = f"delete {src}" if dst is None else f"move {src} -> {dst}"
+        if dry_run:
+            log(f"[dry run] would {what}")
+            continue
+        try:
+            if dst is None:
+                Path(src).unlink()
+            else:
+                if Path(dst).exists():
+                    raise FileExistsError(f"{dst} exists")
+                Path(dst).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(src, dst)
+            log(what)
+        except OSError as exc:
+            failed.append((src, str(exc)))
+    return failed

@@ -1,0 +1,178 @@
+"""client.dedup / client.compare / client.hashindex: hand-made near-duplicates of skimage.data photos.
+
+Thresholds are the calibrated ones (client/dedup_thresholds.json); the cnn tests use a real tritonserver.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+from client import dedup as dd
+from client.dedup_methods import load_thresholds
+from client.hashindex import HammingIndex, brute_force_pairs, hamming
+
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field"]
+VARIANTS = {  # name -> transform; "flip" only for methods that should survive it
+    "small": lambda im: im.resize((im.width // 2, im.height // 2), Image.LANCZOS),
+    "q25": None,  # JPEG quality 25
+    "bright": lambda im: ImageEnhance.Brightness(im).enhance(1.25),
+    "crop": lambda im: im.crop((int(im.width * 0.03), int(im.height * 0.03), int(im.width * 0.97), int(im.height * 0.97))),
+    "flip": ImageOps.mirror,
+}
+
+
+def _photo(name: str) -> Image.Image:
+    from skimage import data
+
+    img = Image.fromarray(getattr(data, name)())
+    img.thumbnail((400, 400))
+    return img.convert("RGB")
+
+
+def _jpeg(img: Image.Image, q: int = 92) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=q)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def originals():
+    return {n: _photo(n) for n in PHOTOS}
+
+
+def _folder(tmp_path, originals, photos, variants):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for n in photos:
+        im = originals[n]
+        (tmp_path / f"{n}.jpg").write_bytes(_jpeg(im))
+        for v in variants:
+            data = _jpeg(im, 25) if v == "q25" else _jpeg(VARIANTS[v](im))
+            (tmp_path / f"{n}__{v}.jpg").write_bytes(data)
+    return tmp_path
+
+
+def _expected(photos, variants):
+    return sorted(sorted([f"{n}.jpg"] + [f"{n}__{v}.jpg" for v in variants]) for n in photos)
+
+
+def _names(result):
+    return sorted(sorted(p.rsplit("/", 1)[-1] for p in g.images) for g in result.groups)
+
+
+@pytest.mark.parametrize("method,variants", [
+    ("phash", ["small", "q25", "bright"]),
+    ("dhash", ["small", "q25", "bright"]),
+    ("ahash", ["small", "q25", "bright"]),
+    ("whash", ["small", "q25", "bright"]),
+    ("ssim", ["small", "q25"]),
+    ("pixel_cosine", ["small", "q25", "bright"]),
+    ("pixel_euclid", ["small", "q25"]),
+])
+def test_local_methods_group_copies_and_keep_distinct_photos_apart(tmp_path, originals, method, variants):
+    photos = PHOTOS[:6]
+    folder = _folder(tmp_path / "img", originals, photos, variants)
+    thr = load_thresholds().get(method)
+    res = dd.dedup(folder, method, thr, store_path=tmp_path / "idx", show_progress=False)
+    assert _names(res) == _expected(photos, variants)
+    assert res.errors == []
+
+
+@pytest.mark.integration
+def test_cnn_groups_copies_and_keeps_distinct_photos_apart(tmp_path, originals, client):
+    variants = ["small", "q25", "bright", "crop", "flip"]
+    folder = _folder(tmp_path / "img", originals, PHOTOS, variants)
+    thr = None  # the calibrated rule (embedding + geometric check in the uncertain band)
+    res = dd.dedup(folder, "cnn", thr, client=client, store_path=tmp_path / "idx", show_progress=False)
+    assert "candidate" in res.settings
+    assert _names(res) == _expected(PHOTOS, variants)
+    assert not any("__small" in g.keep or "__crop" in g.keep for g in res.groups)  # the largest resolution is kept
+    # a second run reuses every stored feature; a new copy is found without being added
+    again = dd.dedup(folder, "cnn", thr, client=client, store_path=tmp_path / "idx", show_progress=False)
+    assert again.encoded == 0 and _names(again) == _names(res)
+    new = tmp_path / "new.jpg"
+    new.write_bytes(_jpeg(originals["rocket"].rotate(3), 60))
+    found, errors = dd.check([new], folder, "cnn", thr, client=client, store_path=tmp_path / "idx")
+    assert errors == [] and {p.rsplit("/", 1)[-1].split("__")[0].removesuffix(".jpg") for p, _ in found[str(new)]} == {"rocket"}
+
+
+@pytest.mark.integration
+def test_compare_reports_every_measure(originals, client):
+    from client.compare import compare
+    from client.dedup_methods import METHODS
+
+    a = _jpeg(originals["coffee"])
+    exact, same = compare(a, _jpeg(originals["coffee"], 30), client=client)
+    assert not exact and [m.method for m in same] == list(METHODS)
+    assert all(m.duplicate for m in same), [(m.method, m.score, m.threshold) for m in same if not m.duplicate]
+    _, other = compare(a, _jpeg(originals["rocket"]), client=client)
+    assert not any(m.duplicate for m in other), [(m.method, m.score) for m in other if m.duplicate]
+    assert compare(a, a)[0] is True
+
+
+def test_exact_copies_by_content_hash(tmp_path, originals):
+    folder = tmp_path / "img"
+    (folder / "sub").mkdir(parents=True)
+    data = _jpeg(originals["astronaut"])
+    for p in ["a.jpg", "b.jpg", "sub/c.jpg"]:
+        (folder / p).write_bytes(data)
+    (folder / "other.jpg").write_bytes(_jpeg(originals["coffee"]))
+    res = dd.dedup(folder, "pixel_cosine", 2.0, store_path=tmp_path / "idx", show_progress=False)  # no near pair passes 2.0
+    assert len(res.groups) == 1 and res.groups[0].exact and res.groups[0].count == 3
+
+
+def test_json_output_bad_files_and_dry_run(tmp_path, originals, capsys):
+    folder = _folder(tmp_path / "img", originals, PHOTOS[:3], ["small", "q25"])
+    (folder / "broken.jpg").write_bytes(b"not an image at all")
+    (folder / "empty.png").write_bytes(b"")
+    args = [str(folder), "--method", "phash", "--store-path", str(tmp_path / "idx"), "--quiet"]
+    assert dd.main(args + ["--json"]) == 3
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert [sorted(p.rsplit("/", 1)[-1] for p in g["images"]) for g in sorted(out["groups"], key=lambda g: g["keep"])] == \
+        _expected(PHOTOS[:3], ["small", "q25"])
+    assert all(g["count"] == len(g["images"]) == 3 and g["keep"] == g["images"][0] for g in out["groups"])
+    assert {e["path"].rsplit("/", 1)[-1] for e in out["errors"]} == {"broken.jpg", "empty.png"}
+    assert "broken.jpg: cannot decode image" in cap.err and "not a known image format" in cap.err
+    before = sorted(p.name for p in folder.iterdir())
+    assert dd.main(args + ["--delete"]) == 3
+    assert sorted(p.name for p in folder.iterdir()) == before and "dry run" in capsys.readouterr().err
+    html = tmp_path / "groups.html"
+    assert dd.main(args + ["--move-to", str(tmp_path / "moved"), "--apply", "--html", str(html)]) == 3
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted([f"{n}.jpg" for n in PHOTOS[:3]] + ["broken.jpg", "empty.png"])  # the largest copy is kept
+    assert len(list((tmp_path / "moved").iterdir())) == 6 and html.read_text().count("<section>") == 3
+
+
+def test_keep_order_prefers_resolution_then_size_then_age():
+    f = dd.FileInfo
+    infos = [f("b.jpg", "x", 10, 5.0, 100, 100), f("a.jpg", "y", 10, 1.0, 100, 100), f("c.jpg", "z", 99, 0.0, 50, 50)]
+    assert [i.path for i in dd.keep_order(infos)] == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+@pytest.mark.parametrize("radius", [0, 3, 8, 12])
+def test_hash_index_matches_brute_force(radius):
+    rng = np.random.default_rng(radius)
+    base = rng.integers(0, 2**63, size=60, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, size=60, dtype=np.uint64)
+    flips = [np.uint64(sum(1 << int(b) for b in rng.choice(64, size=int(rng.integers(0, 14)), replace=False))) for _ in range(240)]
+    codes = np.concatenate([base, np.array([base[i % 60] ^ f for i, f in enumerate(flips)], dtype=np.uint64)])
+    index = HammingIndex(codes)
+    got = set()
+    for i, j, d in index.pairs(radius, block=97):
+        assert (d == hamming(codes[i], codes[j])).all()
+        got |= set(zip(i.tolist(), j.tolist()))
+    assert got == brute_force_pairs(codes, radius)
+    q = int(codes[7])
+    assert sorted(i for i, _ in index.query(q, radius)) == sorted(int(k) for k in np.nonzero(hamming(codes, q) <= radius)[0])
+
+
+def test_groups_are_direct_copies_of_the_kept_image_unless_transitive():
+    f = dd.FileInfo
+    files = [f("a.jpg", "1", 30, 0.0, 300, 300), f("b.jpg", "2", 20, 0.0, 200, 200), f("c.jpg", "3", 10, 0.0, 100, 100),
+             f("c2.jpg", "3", 10, 1.0, 100, 100), f("d.jpg", "4", 10, 0.0, 50, 50)]
+    chain = [(0, 1), (1, 2)]  # a~b, b~c (c2 is an exact copy of c); a and c are not alike
+    assert sorted(sorted(g) for g in dd.group_pairs(files, chain)) == [[0, 1], [2, 3]]
+    assert sorted(sorted(g) for g in dd.group_pairs(files, chain, transitive=True)) == [[0, 1, 2, 3]]
