@@ -140,7 +140,7 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
         fold = np.array([merge.fold_of(sources.products[p].product_id) for p in crop_data.product])
         conf = np.zeros((len(fine), len(fine)), np.int64)
         probe_correct = []
-        for k in range(merge.FOLDS):
+        for k in range(merge.FOLDS if not old or "classifier" in retrain else 0):
             probe = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(pooled.shape[1], len(fine)))
             train.train_classifier(probe, pooled[tr & (fold != k)], fine_of[tr & (fold != k)], tcfg, progress=False)
             held = (fold == k) & ~crop_data.is_catalog
@@ -149,13 +149,14 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
                 pred = probe(torch.from_numpy(pooled[held]).float()).argmax(1).numpy()
             conf += merge.confusion(fine_of[held], pred, len(fine))
             probe_correct.append(pred == fine_of[held])
-        held = ~crop_data.is_catalog
-        merge_map, steps = merge.merge_by_confusion(fine, conf)
-        log["category_merge"] = {"folds": merge.FOLDS, "crops": int(held.sum()),
-                                 "unseen_product_fine_accuracy": round(float(np.concatenate(probe_correct).mean()), 4), "steps": steps,
-                                 "merge_map": merge_map, "confusion": conf.tolist()}
-        print(f"categories: {len(fine)} fine classes merged into {len(set(merge_map.values()))} by the confusion matrix "
-              f"of {int(held.sum())} crops of products unseen by their probe ({steps[-1]})")
+        if probe_correct:
+            held = ~crop_data.is_catalog
+            merge_map, steps = merge.merge_by_confusion(fine, conf)
+            log["category_merge"] = {"folds": merge.FOLDS, "crops": int(held.sum()),
+                                     "unseen_product_fine_accuracy": round(float(np.concatenate(probe_correct).mean()), 4),
+                                     "steps": steps, "merge_map": merge_map, "confusion": conf.tolist()}
+            print(f"categories: {len(fine)} fine classes merged into {len(set(merge_map.values()))} by the confusion "
+                  f"matrix of {int(held.sum())} crops of products unseen by their probe ({steps[-1]})")
         if old and "classifier" not in retrain:
             fine, merge_map = old["fine_classes"], old["merge"]
             cls = Classifier(fine, merge_map)

@@ -36,15 +36,11 @@ def held_out_background(path: Path) -> bool:
 
 @dataclass
 class Sources:
-    products: list[Product]  # training products (splits train + val); test products are never here
+    products: list[Product]  # training products; test products are never here
     train_backgrounds: list[Path]
     eval_backgrounds: list[Path]
     errors: list[str] = field(default_factory=list)
     held_out: list[Product] = field(default_factory=list)  # split "test": only export.evaluate sees them
-
-    @property
-    def val_products(self) -> set[str]:
-        return {p.product_id for p in self.products if product_split(p.product_id) == "val"}
 
     @property
     def fine_classes(self) -> list[str]:

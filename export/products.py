@@ -230,11 +230,10 @@ def synthetic_products(per_class: int, seed: int = 0, prefix: str = "") -> list[
 
 
 def product_split(product_id: str) -> str:
-    """``test`` (20%: never used in training, only by export.evaluate), ``val`` (20%: left out of the
-    classifier fit whose confusion matrix decides the category merge) or ``train``; by a hash of the
+    """``test`` (20%: never used in training, only by export.evaluate) or ``train``, by a hash of the
     product id, so the split is stable across runs, profiles and machines."""
     h = int(hashlib.sha256(f"product:{product_id}".encode()).hexdigest(), 16) % 5
-    return "test" if h == 0 else "val" if h == 1 else "train"
+    return "test" if h == 0 else "train"
 
 
 def cutout_identity(path: Path) -> tuple[str, str, str]:
