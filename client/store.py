@@ -7,6 +7,7 @@ The performance issue may swap the embedded engine behind this interface by meas
 """
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -202,7 +203,7 @@ class DedupStore:
         try:
             import qdrant_edge as qe
         except ImportError as exc:
-            raise StoreError("the embedded dedup index needs `qdrant-edge-py` (pip install -e '.[client]'), "
+            raise StoreError("the embedded dedup index needs `qdrant-edge-py` (pip install -e '.[dedup]'), "
                              "or set QDRANT_URL to use a Qdrant server") from exc
         self._qe = qe
         self.where = str(folder)
@@ -211,8 +212,6 @@ class DedupStore:
         config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=self.dim, distance=dist))
         self._meta_file = meta_file
         if meta_file.exists():
-            import json
-
             meta = json.loads(meta_file.read_text())
             self._check_dim(int(meta["dim"]))
             if not (folder / "segments").is_dir() and meta.get("count", 0):
@@ -227,8 +226,6 @@ class DedupStore:
             self._write_meta()
 
     def _write_meta(self) -> None:
-        import json
-
         self._meta_file.write_text(json.dumps({"collection": self.collection, "dim": self.dim, "distance": self.distance,
                                                "count": self.count()}))
 

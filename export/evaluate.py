@@ -224,8 +224,6 @@ def evaluate(args) -> dict:
     per_class = args.synthetic_per_class or log["data"]["synthetic_per_class"]
     dcfg = dataset.DataConfig(synthetic_per_class=per_class, photoset=photoset, seed=log["data"]["seed"])
     sources = dataset.load_sources(dcfg)
-    if not sources.eval_backgrounds and photoset is None:
-        pass  # procedural backgrounds only (drawn with the evaluation seed, never the training one)
     models = Models(args.repository, args.build_dir / "backbone.onnx")
     merge_map: dict = log["category_merge"]["merge_map"]
     timings = {}
