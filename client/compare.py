@@ -16,6 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from client.cli import add_triton_url
 from client.dedup_methods import METHODS, cnn_rule, load_thresholds, orb_features, verify
 from client.imaging import ImageDecodeError, decode
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("b", type=Path)
     ap.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--triton-url", help="default: $TRITON_URL or 127.0.0.1:8001")
+    add_triton_url(ap)
     args = ap.parse_args(argv)
     methods = args.methods.split(",") if args.methods else list(METHODS)
     unknown = [m for m in methods if m not in METHODS]

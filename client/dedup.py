@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     from client import dedup_output as out
+    from client.cli import add_triton_url
     from client.dedup_methods import DEFAULT_METHOD, load_thresholds
     from client.store import StoreError
 
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delete", action="store_true", help="plan deleting every copy but the kept one")
     ap.add_argument("--apply", action="store_true", help="carry out --move-to/--delete (default: a dry run)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight to Triton (default %(default)s)")
-    ap.add_argument("--triton-url", help="default: $TRITON_URL or 127.0.0.1:8001")
+    add_triton_url(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     err = lambda msg: print(msg, file=sys.stderr)  # noqa: E731

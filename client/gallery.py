@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from client.imaging import encode_jpeg
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#469990"]
 
@@ -15,9 +16,7 @@ COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
 def _data_uri(img: Image.Image, side: int) -> str:
     img = img.copy()
     img.thumbnail((side, side))
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(img, 85)).decode()
 
 
 def _thumb(path: str, side: int) -> str:

@@ -1,16 +1,18 @@
 """Decoding and letterboxing shared by the server's preprocess model, training and tests.
 
-Needs only numpy and Pillow, so the Triton Python backend, the training code and the thin client
+Needs only numpy, Pillow and spec.py (imported relatively), so export.repository can copy the pair next
+to the Python model that serves it, and the Triton Python backend, the training code and the thin client
 all run exactly the same pixels through the models.
 """
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from client import spec
+from . import spec
 
 Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs above 100 Mpx
 
@@ -67,5 +69,27 @@ def letterbox(img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def encode_jpeg(img: Image.Image, quality: int = 92) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files (by suffix, spec.IMAGE_SUFFIXES) anywhere under ``folder``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a directory")
+    return sorted(p for p in folder.rglob("*") if spec.is_image_file(p) and p.is_file())
+
+
+def box_iou(a, b) -> np.ndarray:
+    """Pairwise IoU of boxes [N, 4] and [M, 4] (x1, y1, x2, y2) -> [N, M]."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)

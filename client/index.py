@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from client.cli import add_triton_url
 from client.catalog import index_folder, list_catalog
 from client.store import QdrantStore, StoreError
 from client.triton import RetrievalClient, TritonError
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="points per upsert (default %(default)s)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight to Triton (default %(default)s)")
     ap.add_argument("--recreate", action="store_true", help="drop the collection first")
-    ap.add_argument("--triton-url", help="default: $TRITON_URL or 127.0.0.1:8001")
+    add_triton_url(ap)
     args = ap.parse_args(argv)
     try:
         n = len(list_catalog(args.folder))

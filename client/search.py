@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import spec
+from client.cli import add_triton_url
 from client.store import QdrantStore, StoreError
 from client.triton import BadImage, RetrievalClient, TritonError
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-category-filter", action="store_true", help="search the whole catalog for every object")
     ap.add_argument("--json", action="store_true", help='print {"objects": [{"box", "score", "category", "results": [...]}]}')
     ap.add_argument("--html", type=Path, help="also write an HTML gallery of the results to this file")
-    ap.add_argument("--triton-url", help="default: $TRITON_URL or 127.0.0.1:8001")
+    add_triton_url(ap)
     args = ap.parse_args(argv)
     if args.top_k < 1:
         ap.error("--top-k must be at least 1")

@@ -4,12 +4,15 @@ The ONNX exporter (export/onnx_export.py), the crop-graph builder (export/crop_g
 config.pbtxt generator (export/repository.py) all read this module; the client reads the same names
 back from the server's model config at run time and checks them against this contract.
 
+Besides tensors it owns the facts every side shares: image file suffixes, the default Triton URL,
+where a model's ONNX file lives in the repository, and the trained models' names.
+
 Pipeline (ensemble ``retrieval``)::
 
     image_bytes ─► preprocess ─► det_image ─► detector ─► det_boxes, det_scores ─┐
                               └► crop_source, image_size ────────────────────────┴► crop
     crop ─► crops ─► classifier ─► fine_class, category, category_score
-               └──► embedder   ─► embeddings
+               └──► embedder   ─► embeddings, embedder_id
     crop ─► boxes, scores, valid
 
 Every per-object output has ``MAX_OBJECTS + 1`` rows: rows ``0..K-1`` are the detector's top-K
@@ -17,11 +20,13 @@ boxes (``valid`` marks those above the score threshold) and row ``K`` is always 
 Row K is ``valid`` only when no detection is, so a caller that keeps the valid rows always gets at
 least one object (the whole image) and zero detections never break a step.
 
-Pure Python on purpose: importing it needs neither torch nor tritonclient.
+Pure Python on purpose, with no import from the project: importing it needs neither torch nor
+tritonclient, and export.repository copies it (with imaging.py) next to the Python model that needs it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Geometry and sizes -------------------------------------------------------------------------------
 DET_SIZE = 320  # detector input side (padded-square image resized)
@@ -45,6 +50,19 @@ MEAN = (127.0, 127.0, 127.0)
 STD = (128.0, 128.0, 128.0)
 
 ENSEMBLE = "retrieval"
+DEFAULT_TRITON_URL = "127.0.0.1:8001"  # gRPC; overridden by $TRITON_URL or --triton-url
+ONNX_FILENAME = "model.onnx"
+# files the CLIs read as images (Pillow decodes them; animated ones give their first frame)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def onnx_file(repository: str | Path, model: str) -> Path:
+    """Where a model's ONNX file lives in a Triton repository (version 1)."""
+    return Path(repository) / model / "1" / ONNX_FILENAME
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -58,26 +76,12 @@ class Tensor:
             raise ValueError(f"tensor {self.name!r}: unknown dtype {self.dtype!r}, expected one of {sorted(_DTYPES)}")
 
 
-# Triton config name -> (numpy dtype name, ONNX TensorProto name, tritonclient wire name)
-_DTYPES = {
-    "UINT8": ("uint8", "UINT8", "UINT8"),
-    "FP32": ("float32", "FLOAT", "FP32"),
-    "BOOL": ("bool", "BOOL", "BOOL"),
-    "STRING": ("object", "STRING", "BYTES"),
-    "INT64": ("int64", "INT64", "INT64"),
-}
-
-
-def numpy_dtype(dtype: str) -> str:
-    return _DTYPES[dtype][0]
+# Triton config name -> ONNX TensorProto name
+_DTYPES = {"UINT8": "UINT8", "FP32": "FLOAT", "BOOL": "BOOL", "STRING": "STRING", "INT64": "INT64"}
 
 
 def onnx_dtype(dtype: str) -> str:
-    return _DTYPES[dtype][1]
-
-
-def wire_dtype(dtype: str) -> str:
-    return _DTYPES[dtype][2]
+    return _DTYPES[dtype]
 
 
 @dataclass(frozen=True)
@@ -88,19 +92,6 @@ class ModelSpec:
     outputs: tuple[Tensor, ...]
     description: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
-
-    def input(self, name: str) -> Tensor:
-        return _find(self.inputs, name, self.name)
-
-    def output(self, name: str) -> Tensor:
-        return _find(self.outputs, name, self.name)
-
-
-def _find(tensors: tuple[Tensor, ...], name: str, model: str) -> Tensor:
-    for t in tensors:
-        if t.name == name:
-            return t
-    raise KeyError(f"model {model!r} has no tensor {name!r}; it has {[t.name for t in tensors]}")
 
 
 K = MAX_OBJECTS
@@ -118,13 +109,15 @@ FINE_CLASS = Tensor("fine_class", "STRING", (-1,))
 CATEGORY = Tensor("category", "STRING", (-1,))
 CATEGORY_SCORE = Tensor("category_score", "FP32", (-1,))
 EMBEDDINGS = Tensor("embeddings", "FP32", (-1, EMBED_DIM))
+# identity of the served embedder weights ("v<EMBEDDER_VERSION>-<hash of its weights>"), a constant of the
+# graph: callers (dedup calibration) learn which embedder answered from the server, not from files
+EMBEDDER_ID = Tensor("embedder_id", "STRING", (1,))
 
 PREPROCESS = ModelSpec(
     "preprocess", "python", (IMAGE_BYTES,),
     (Tensor("det_image", "UINT8", (1, 3, DET_SIZE, DET_SIZE)), CROP_SOURCE, IMAGE_SIZE),
     "Decodes encoded image bytes (JPEG, PNG, WebP ...), applies EXIF rotation, pads to a square "
     "and resizes to the detector and crop-source sizes.",
-    {"pad_value": str(PAD_VALUE)},
 )
 DETECTOR = ModelSpec(
     "detector", "onnx", (DET_IMAGE,), (DET_BOXES, DET_SCORES),
@@ -140,15 +133,14 @@ CLASSIFIER = ModelSpec(
     "Fine-class classifier whose fine classes are merged into categories inside the graph.",
 )
 EMBEDDER = ModelSpec(
-    "embedder", "onnx", (CROPS,), (EMBEDDINGS,),
-    "Metric-learning embedder: L2-normalised vectors.",
+    "embedder", "onnx", (CROPS,), (EMBEDDINGS, EMBEDDER_ID),
+    "Metric-learning embedder: L2-normalised vectors, and the identity of its weights.",
 )
 
 # Order = execution order of the ensemble; every input is produced by an earlier step or the request.
 STEPS = (PREPROCESS, DETECTOR, CROP, CLASSIFIER, EMBEDDER)
-MODELS = {m.name: m for m in STEPS}
 ONNX_MODELS = tuple(m for m in STEPS if m.kind == "onnx")
-TRAINED_MODELS = (DETECTOR, CLASSIFIER, EMBEDDER)
+TRAINED_MODELS = (DETECTOR, CLASSIFIER, EMBEDDER)  # trained by export.build; crop is a built graph
 
 ENSEMBLE_INPUTS = (IMAGE_BYTES,)
 ENSEMBLE_OUTPUTS = (
@@ -159,6 +151,7 @@ ENSEMBLE_OUTPUTS = (
     Tensor("category", "STRING", (NUM_ROWS,)),
     Tensor("category_score", "FP32", (NUM_ROWS,)),
     Tensor("embeddings", "FP32", (NUM_ROWS, EMBED_DIM)),
+    EMBEDDER_ID,
 )
 
 

@@ -16,7 +16,6 @@ from tritonclient.utils import InferenceServerException
 
 from client import spec
 
-DEFAULT_URL = "127.0.0.1:8001"
 
 
 class TritonError(RuntimeError):
@@ -64,7 +63,7 @@ def _decode_str(v) -> str:
 
 class RetrievalClient:
     def __init__(self, url: str | None = None, *, model: str = spec.ENSEMBLE, timeout: float = 60.0):
-        self.url = url or os.environ.get("TRITON_URL", DEFAULT_URL)
+        self.url = url or os.environ.get("TRITON_URL", spec.DEFAULT_TRITON_URL)
         self.model = model
         self.timeout = timeout
         self._client = grpcclient.InferenceServerClient(self.url)

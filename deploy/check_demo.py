@@ -5,13 +5,12 @@ import json
 import sys
 from pathlib import Path
 
+from client import imaging
+
 
 def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = lambda z: (z[2] - z[0]) * (z[3] - z[1])  # noqa: E731
-    return inter / max(area(a) + area(b) - inter, 1e-9)
+    """IoU of two boxes (x1, y1, x2, y2)."""
+    return float(imaging.box_iou(a, b)[0, 0])
 
 
 def ranks(result: dict, truth: dict) -> list[tuple[str, int | None]]:

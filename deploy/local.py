@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from client import spec
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE = ROOT / "data" / "triton"
 SHM_PREFIX = "triton_python_backend_shm_region"
@@ -160,9 +162,7 @@ class LocalTriton:
         if current and _alive(current.pid):
             self.wait_ready(current, timeout)
             return current
-        missing = [m.name for m in (self.repository.iterdir() if self.repository.is_dir() else [])
-                   if (m / "config.pbtxt").exists() and "backend: \"onnxruntime\"" in (m / "config.pbtxt").read_text()
-                   and not (m / "1" / "model.onnx").exists()]
+        missing = [m.name for m in spec.ONNX_MODELS if not spec.onnx_file(self.repository, m.name).exists()]
         if missing or not self.repository.is_dir():
             raise DeployError(f"models not built in {self.repository}: {missing or 'no repository'}; run `python -m export.build`")
         busy = [p for p in (grpc_port, http_port, metrics_port) if not port_free(p)]
@@ -195,8 +195,6 @@ class LocalTriton:
 
     def wait_ready(self, st: ServerState, timeout: float, proc: subprocess.Popen | None = None) -> None:
         import tritonclient.grpc as grpcclient
-
-        from client import spec
 
         deadline = time.time() + timeout
         client = grpcclient.InferenceServerClient(st.grpc_url)
@@ -263,7 +261,7 @@ def tail(path: str, lines: int = 30) -> str:
 
 
 def _default_grpc_port() -> int:
-    url = os.environ.get("TRITON_URL", "127.0.0.1:8001")
+    url = os.environ.get("TRITON_URL", spec.DEFAULT_TRITON_URL)
     return int(url.rsplit(":", 1)[-1])
 
 

@@ -43,7 +43,7 @@ def input_data(images: list[Path], out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("images", nargs="*", type=Path)
-    ap.add_argument("--url", default=os.environ.get("TRITON_URL", "127.0.0.1:8001"))
+    ap.add_argument("--url", default=os.environ.get("TRITON_URL", spec.DEFAULT_TRITON_URL))
     ap.add_argument("--concurrency", default="1", help="perf_analyzer --concurrency-range, e.g. 1:4:1 (default %(default)s)")
     ap.add_argument("--model", default=spec.ENSEMBLE)
     ap.add_argument("--measurement-ms", type=int, default=5000)

@@ -30,12 +30,8 @@ PROFILES = {
 }
 
 
-def onnx_path(repo: Path, name: str) -> Path:
-    return repo / name / "1" / "model.onnx"
-
-
 def missing_models(repo: Path) -> list[str]:
-    return [m.name for m in spec.ONNX_MODELS if not onnx_path(repo, m.name).exists()]
+    return [m.name for m in spec.ONNX_MODELS if not spec.onnx_file(repo, m.name).exists()]
 
 
 DATA_VERSION = 2  # bump when scene generation changes, so cached features are not reused
@@ -72,7 +68,7 @@ def features(dcfg, sources, build_dir: Path):
     return det, crops, f16, f32, c32, pooled
 
 
-STAGES = ("detector", "classifier", "embedder")
+STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
 
 
 def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force: bool = False, seed: int = 0,
@@ -224,16 +220,16 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
     rng = np.random.default_rng(seed)
     img = lambda n, s: rng.integers(0, 256, (n, 3, s, s), dtype=np.uint8)  # noqa: E731
     parity_log = {}
-    todo = set(retrain or STAGES) | {m for m in STAGES if not onnx_path(repo, m).exists()}
+    todo = set(retrain or STAGES) | {m for m in STAGES if not spec.onnx_file(repo, m).exists()}
     with torch.no_grad():
         if "detector" in todo:
-            path = onnx_path(repo, "detector")
+            path = spec.onnx_file(repo, "detector")
             m = export_torch(det, spec.DETECTOR, path, torch.from_numpy(img(1, spec.DET_SIZE)))
             finish(m, spec.DETECTOR, path, metadata(spec.DETECTOR))
             parity_log["detector"] = parity(path, lambda x: [t.numpy() for t in det(torch.from_numpy(x))], [img(1, spec.DET_SIZE), img(2, spec.DET_SIZE)])
 
         if "classifier" in todo:
-            path = onnx_path(repo, "classifier")
+            path = spec.onnx_file(repo, "classifier")
             m = export_torch(cls, spec.CLASSIFIER, path, torch.from_numpy(img(2, spec.CROP_SIZE)), ["fine_idx", "category_idx", "category_score"])
             add_label_outputs(m, {"fine_class": ("fine_idx", cls.fine_classes), "category": ("category_idx", cls.categories)})
             finish(m, spec.CLASSIFIER, path, metadata(spec.CLASSIFIER, {"fine_classes": cls.fine_classes, "categories": cls.categories, "merge_map": cls.merge}))
@@ -245,14 +241,14 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
             parity_log["classifier"] = parity(path, cls_ref, [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
 
         if "embedder" in todo:
-            path = onnx_path(repo, "embedder")
+            path = spec.onnx_file(repo, "embedder")
             m = export_torch(emb, spec.EMBEDDER, path, torch.from_numpy(img(2, spec.CROP_SIZE)))
             finish(m, spec.EMBEDDER, path, metadata(spec.EMBEDDER))
             parity_log["embedder"] = parity(path, lambda x: [emb(torch.from_numpy(x)).numpy()], [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
 
     crop = build_crop_model()
     set_metadata(crop, metadata(spec.CROP))
-    onnx.save(crop, str(onnx_path(repo, "crop")))
+    onnx.save(crop, str(spec.onnx_file(repo, "crop")))
     log["onnx_parity_max_abs_diff"] = parity_log
     log["export_seconds"] = round(time.time() - t1, 1)
     text = json.dumps(log, indent=1, default=str)

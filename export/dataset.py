@@ -16,7 +16,8 @@ from tqdm import tqdm
 from client import imaging, spec
 from export.crop_graph import build_crop_model
 from export.products import Product, load_cutouts, product_split, synthetic_products
-from export.scenes import Backgrounds, list_images, make_scene
+from client.imaging import list_images
+from export.scenes import Backgrounds, make_scene
 
 
 @dataclass

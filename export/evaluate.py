@@ -30,7 +30,7 @@ from client import imaging, spec
 from export import dataset, repository
 from export.products import synthetic_products
 from export.scenes import Backgrounds, make_scene
-from export.train import detection_metrics, iou
+from export.train import detection_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 KS = (1, 5, 20)
@@ -48,10 +48,10 @@ class Models:
     """The served ONNX files, run with onnxruntime the way the ensemble chains them."""
 
     def __init__(self, repo: Path, backbone: Path):
-        self.detector = session(repo / "detector" / "1" / "model.onnx")
-        self.crop = session(repo / "crop" / "1" / "model.onnx")
-        self.classifier = session(repo / "classifier" / "1" / "model.onnx")
-        self.embedder = session(repo / "embedder" / "1" / "model.onnx")
+        self.detector = session(spec.onnx_file(repo, "detector"))
+        self.crop = session(spec.onnx_file(repo, "crop"))
+        self.classifier = session(spec.onnx_file(repo, "classifier"))
+        self.embedder = session(spec.onnx_file(repo, "embedder"))
         self.baseline = dataset.BackboneRunner(backbone)
 
     def detect(self, det_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +146,7 @@ def run_scenes(models: Models, sources: dataset.Sources, n_scenes: int, seed: in
         # match ground truth to valid detections, highest score first, IoU >= 0.5
         taken: dict[int, int] = {}
         if len(rows) and len(gt):
-            ious = iou(boxes_px[rows], gt)
+            ious = imaging.box_iou(boxes_px[rows], gt)
             for r in np.argsort(-scores[rows]):
                 j = int(np.argmax(np.where([k in taken for k in range(len(gt))], -1, ious[r])))
                 if ious[r, j] >= 0.5 and j not in taken:

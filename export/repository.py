@@ -29,7 +29,7 @@ def model_config(model: spec.ModelSpec) -> mc.ModelConfig:
     if model.kind == "onnx":
         # served by the native onnxruntime backend on the NGC image, by deploy/backends/onnxruntime here
         cfg.backend = "onnxruntime"
-        cfg.default_model_filename = "model.onnx"
+        cfg.default_model_filename = spec.ONNX_FILENAME
         cfg.parameters["intra_op_thread_count"].string_value = "0"
     elif model.kind == "python":
         cfg.backend = "python"

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from client.imaging import encode_jpeg
 from export.products import Product, fit
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass
@@ -53,10 +52,6 @@ def procedural_background(rng: np.random.Generator, size: tuple[int, int]) -> Im
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(1, 6)))
     noise = rng.normal(0, rng.uniform(2, 12), (h, w, 1))
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class Backgrounds:
@@ -178,9 +173,7 @@ def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random
             bg = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
             global_t["noise"] = round(sigma, 1)
         q = int(rng.integers(30, 95))
-        buf = io.BytesIO()
-        bg.save(buf, "JPEG", quality=q)
-        bg = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        bg = Image.open(io.BytesIO(encode_jpeg(bg, q))).convert("RGB")
         global_t["jpeg"] = q
     for o in objects:
         o.transform.update(global_t)

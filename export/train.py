@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from client import spec
+from client.imaging import box_iou
 from export.models import DetectorHead, decode_topk
 
 
@@ -91,15 +92,6 @@ def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: 
     return log
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of [N,4] and [M,4] boxes."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0]); y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2]); y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def detection_metrics(pred_boxes: list[np.ndarray], pred_scores: list[np.ndarray], gt: list[np.ndarray],
                       threshold: float = spec.SCORE_THRESHOLD, iou_thr: float = 0.5) -> dict:
     """AP@0.5 (all-point interpolation) plus precision/recall at the operating threshold."""
@@ -107,7 +99,7 @@ def detection_metrics(pred_boxes: list[np.ndarray], pred_scores: list[np.ndarray
     for pb, ps, g in zip(pred_boxes, pred_scores, gt):
         order = np.argsort(-ps)
         taken = np.zeros(len(g), bool)
-        ious = iou(pb[order], g) if len(g) else np.zeros((len(pb), 0))
+        ious = box_iou(pb[order], g) if len(g) else np.zeros((len(pb), 0))
         for r, j in enumerate(order):
             hit = False
             if len(g):

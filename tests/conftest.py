@@ -12,7 +12,7 @@ REPO = ROOT / "model_repository"
 def models_built() -> bool:
     from client import spec
 
-    return all((REPO / m.name / "1" / "model.onnx").exists() for m in spec.ONNX_MODELS)
+    return all(spec.onnx_file(REPO, m.name).exists() for m in spec.ONNX_MODELS)
 
 
 @pytest.fixture(scope="session")

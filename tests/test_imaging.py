@@ -8,9 +8,7 @@ from client import imaging, spec
 
 
 def _jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG")
-    return buf.getvalue()
+    return imaging.encode_jpeg(img, 75)
 
 
 @pytest.mark.parametrize("data,reason", [(b"", "empty"), (b"not an image at all", "cannot decode"),

@@ -63,7 +63,7 @@ def test_ensemble_equals_running_the_onnx_files_directly(client, built, demo):
     data = (demo / "queries" / "scene_1.jpg").read_bytes()
     got = client._client.infer(spec.ENSEMBLE, [_bytes_input(data)])
     det, src, size = imaging.letterbox(imaging.decode(data))
-    run = lambda name, feed: ort.InferenceSession(str(built / name / "1" / "model.onnx")).run(None, feed)  # noqa: E731
+    run = lambda name, feed: ort.InferenceSession(str(spec.onnx_file(built, name))).run(None, feed)  # noqa: E731
     boxes, scores = run("detector", {"det_image": det})
     crops, rows, row_scores, valid = run("crop", {"crop_source": src, "det_boxes": boxes, "det_scores": scores, "image_size": size})
     fine, cat, cat_score = run("classifier", {"crops": crops})

@@ -29,7 +29,7 @@ def torch_models(built):
 
 
 def _session(built, name):
-    return ort.InferenceSession(str(built / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(spec.onnx_file(built, name)), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -65,10 +65,10 @@ def test_every_onnx_file_carries_its_metadata(built):
     from export.onnx_export import read_metadata
 
     for m in spec.ONNX_MODELS:
-        meta = read_metadata(built / m.name / "1" / "model.onnx")
+        meta = read_metadata(spec.onnx_file(built, m.name))
         assert meta["model"] == m.name and meta["embedding_dim"] == str(spec.EMBED_DIM)
         assert json.loads(meta["normalization"])["mean"] == list(spec.MEAN)
-    meta = read_metadata(built / "classifier" / "1" / "model.onnx")
+    meta = read_metadata(spec.onnx_file(built, "classifier"))
     merge = json.loads(meta["merge_map"])
     assert set(json.loads(meta["fine_classes"])) == set(merge) and set(merge.values()) == set(json.loads(meta["categories"]))
 
