@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from client.store import CatalogPoint, QdrantStore
-from client.triton import BadImage, ImageResult, RetrievalClient
+from client.result import ImageResult
+from client.triton import BadImage, RetrievalClient
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 

@@ -1,21 +1,21 @@
 """A typed client over tritonclient.grpc for the ``retrieval`` ensemble.
 
-Tensor names and sizes are read from the server's model config and checked against client/spec.py,
-so a server built from another spec fails at connect time with a clear message, not mid-batch.
+At connect time the server must be live, the ensemble ready, and its config must have every output
+named in client/spec.py (a server built from another spec fails then, not mid-batch); the input name,
+row count and embedding size are read from that config.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from client import spec
-
+from client import imaging, spec
+from client.result import ImageResult
 
 
 class TritonError(RuntimeError):
@@ -32,33 +32,6 @@ class ModelNotReady(TritonError):
 
 class BadImage(TritonError):
     """The server refused one image (cannot be decoded, too small ...); other images are unaffected."""
-
-
-@dataclass
-class DetectedObject:
-    index: int  # row in the ensemble outputs; index == rows - 1 is the whole image
-    box: tuple[float, float, float, float]
-    score: float
-    fine_class: str
-    category: str
-    category_score: float
-    embedding: np.ndarray
-    whole_image: bool
-
-
-@dataclass
-class ImageResult:
-    objects: list[DetectedObject]  # valid rows only: detections, or the whole image if none
-    image_embedding: np.ndarray  # whole-image embedding (row K), always present
-    image_category: str
-
-    def best(self) -> DetectedObject:
-        """The highest-scoring detection (or the whole image when nothing was detected)."""
-        return max(self.objects, key=lambda o: (not o.whole_image, o.score))
-
-
-def _decode_str(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class RetrievalClient:
@@ -91,6 +64,7 @@ class RetrievalClient:
         self.rows = int(outputs["valid"]["dims"][0])
         self.dim = int(outputs["embeddings"]["dims"][-1])
         self.output_names = wanted
+        self._embedder_id: str | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -114,7 +88,16 @@ class RetrievalClient:
             if "UNAVAILABLE" in str(exc.status()):
                 raise ServerUnavailable(f"Triton at {self.url} went away: {msg}") from exc
             raise TritonError(f"{name}: inference failed: {msg}") from exc
-        return self._parse(res)
+        return ImageResult.from_outputs({n: res.as_numpy(n) for n in self.output_names})
+
+    def embedder_id(self) -> str:
+        """Identity of the embedder weights the server runs (asked once with a small blank image)."""
+        if self._embedder_id is None:
+            from PIL import Image
+
+            probe = imaging.encode_jpeg(Image.new("RGB", (32, 32), (spec.PAD_VALUE,) * 3))
+            self._embedder_id = self.infer(probe, "<embedder probe>").embedder_id
+        return self._embedder_id
 
     def infer_many(self, items: Iterable[tuple[str, bytes]], concurrency: int = 4) -> Iterator[tuple[str, ImageResult | Exception]]:
         """Yields (name, result or BadImage) in input order; ``concurrency`` requests in flight."""
@@ -127,17 +110,3 @@ class RetrievalClient:
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             yield from pool.map(one, items)
-
-    def _parse(self, res) -> ImageResult:
-        boxes = res.as_numpy("boxes")
-        scores = res.as_numpy("scores")
-        valid = res.as_numpy("valid").astype(bool)
-        fine = res.as_numpy("fine_class")
-        cats = res.as_numpy("category")
-        cat_scores = res.as_numpy("category_score")
-        emb = res.as_numpy("embeddings")
-        whole = self.rows - 1
-        objects = [DetectedObject(i, tuple(float(v) for v in boxes[i]), float(scores[i]), _decode_str(fine[i]), _decode_str(cats[i]),
-                                  float(cat_scores[i]), emb[i].astype(np.float32), i == whole)
-                   for i in range(self.rows) if valid[i]]
-        return ImageResult(objects, emb[whole].astype(np.float32), _decode_str(cats[whole]))
