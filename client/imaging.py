@@ -54,8 +54,8 @@ def to_chw(img: Image.Image) -> np.ndarray:
 def letterbox(img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pads to a square (image at the top-left) and resizes.
 
-    Returns (det_image [1,3,DET,DET], crop_source [1,3,SRC,SRC], image_size [h, w]) — the three
-    outputs of the ``preprocess`` model. A box normalised to the padded square maps back to original
+    Returns (det_image [1,3,DET,DET], crop_source [1,3,SRC,SRC], image_size [h, w]): the outputs of
+    the ``preprocess`` model, in the order of ``spec.PREPROCESS.outputs``. A box normalised to the padded square maps back to original
     pixels by multiplying with max(h, w).
     """
     w, h = img.size

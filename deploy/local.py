@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from client import spec
+from export import repository
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE = ROOT / "data" / "triton"
@@ -157,7 +158,10 @@ class LocalTriton:
             return None
         return ServerState(**json.loads(self.state_file.read_text()))
 
-    def up(self, grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002, timeout: float = 180.0) -> ServerState:
+    def up(self, grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002, timeout: float = 180.0,
+           env: dict[str, str] | None = None) -> ServerState:
+        """Starts the server (or waits for the running one); ``env``: the environment to start it in
+        (default: this process's), to which the library path and this Python's bin folder are added."""
         current = self.state()
         if current and _alive(current.pid):
             self.wait_ready(current, timeout)
@@ -165,16 +169,19 @@ class LocalTriton:
         missing = [m.name for m in spec.ONNX_MODELS if not spec.onnx_file(self.repository, m.name).exists()]
         if missing or not self.repository.is_dir():
             raise DeployError(f"models not built in {self.repository}: {missing or 'no repository'}; run `python -m export.build`")
+        stale = repository.stale_python_files(self.repository)
+        if stale:
+            raise DeployError(f"the Python models' code in {self.repository} is missing or out of date ({', '.join(stale)}); "
+                              "run `python -m export.repository`")
         busy = [p for p in (grpc_port, http_port, metrics_port) if not port_free(p)]
         if busy:
             raise DeployError(f"port(s) {busy} on 127.0.0.1 are in use; stop what holds them or pass other ports")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         backends = prepare_backends(self.state_dir)
         log = self.state_dir / "tritonserver.log"
-        env = dict(os.environ)
+        env = dict(os.environ if env is None else env)
         env["LD_LIBRARY_PATH"] = library_path(self.state_dir)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-        env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}".rstrip(":")
         cmd = [str(server_binary()), f"--model-repository={self.repository}", f"--backend-directory={backends}",
                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
