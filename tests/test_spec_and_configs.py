@@ -31,7 +31,17 @@ def test_unknown_dtype_is_refused_with_its_name():
 def test_a_repository_elsewhere_gets_configs_and_python_models(tmp_path):
     repository.write(tmp_path)
     assert (tmp_path / "preprocess" / "1" / "model.py").read_text() == (repository.REPOSITORY / "preprocess" / "1" / "model.py").read_text()
-    assert repository.check(tmp_path) == []
+    contract = tmp_path / "preprocess" / "1" / repository.CONTRACT_PACKAGE
+    assert (contract / "imaging.py").read_text() == (repository.CLIENT / "imaging.py").read_text()
+    assert (contract / "spec.py").read_text() == (repository.CLIENT / "spec.py").read_text()
+    assert repository.check(tmp_path) == [] and repository.stale_python_files(tmp_path) == []
+
+
+def test_a_changed_contract_makes_the_served_copy_stale(tmp_path):
+    repository.write(tmp_path)
+    copy = tmp_path / "preprocess" / "1" / repository.CONTRACT_PACKAGE / "imaging.py"
+    copy.write_text(copy.read_text() + "# edited\n")
+    assert repository.stale_python_files(tmp_path) == [str(copy)]
 
 
 def test_check_reports_a_hand_edited_config(tmp_path):
