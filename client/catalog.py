@@ -16,8 +16,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 @dataclass
 class IndexReport:
-    indexed: int = 0
-    points: int = 0
+    indexed: int = 0  # images
+    products: int = 0  # distinct product ids among them
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
 
@@ -38,11 +38,13 @@ def _read(paths: list[Path], report: IndexReport) -> Iterator[tuple[str, bytes]]
         yield str(p), data
 
 
-def point_for(path: Path, data_sha: str, result: ImageResult, category_from_folder: str | None) -> CatalogPoint:
-    """A catalog image shows one product: store its best detection (the whole image if none)."""
+def point_for(path: Path, root: Path, data_sha: str, result: ImageResult, category_from_folder: str | None) -> CatalogPoint:
+    """A catalog image shows one product: store its best detection (the whole image if none) as the view
+    ``path`` relative to the catalog ``root``."""
     obj = result.best()
     return CatalogPoint(vector=obj.embedding, product_id=path.stem, category=category_from_folder or obj.category,
                         fine_category=obj.fine_class, path=str(path), sha256=data_sha, box=obj.box, object_index=0,
+                        view=path.relative_to(root).as_posix(),
                         extra={"detected_category": obj.category, "detection_score": round(obj.score, 4)})
 
 
@@ -55,6 +57,7 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
     store.ensure(client.dim, recreate=recreate)
     pending: list[CatalogPoint] = []
     data_sha: dict[str, str] = {}
+    products: set[str] = set()
 
     def items():
         for name, data in _read(paths, report):
@@ -71,14 +74,14 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
             continue
         path = Path(name)
         folder_cat = path.parent.name if category_from_folders and path.parent != folder else None
-        pending.append(point_for(path, data_sha.pop(name), result, folder_cat))
+        pending.append(point_for(path, folder, data_sha.pop(name), result, folder_cat))
+        products.add(pending[-1].product_id)
         report.indexed += 1
         if len(pending) >= batch:
             store.upsert(pending)
-            report.points += len(pending)
             pending = []
     store.upsert(pending)
-    report.points += len(pending)
+    report.products = len(products)
     unread = len(paths) - answered
     if progress and unread > 0:  # files that could not be read never reached the server
         progress(unread)

@@ -1,7 +1,8 @@
 """python -m client.index DIR [--category-from-folders]: index a catalog folder into Qdrant.
 
 A product's id is the file name without extension. Each image goes through the Triton ensemble; its
-best detection (the whole image if none) is stored with its merged category. Unreadable files are
+best detection (the whole image if none) is stored with its merged category, as one point per image
+(its id derives from the product id and the image's path under DIR, not from its bytes). Unreadable files are
 skipped and listed at the end; the rest of the batch goes on and nothing already stored is lost.
 Exit status: 0 all indexed, 3 some files skipped, 1 nothing could be done.
 """
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         total = store.count()
-    print(f"indexed {report.indexed} of {n} images into {store.collection} (alias {store.alias}) at {store.where} "
-          f"in {report.seconds:.1f} s ({report.indexed / max(report.seconds, 1e-9):.1f} img/s); collection holds {total} points")
+    print(f"indexed {report.indexed} of {n} images ({report.products} products) into {store.collection} "
+          f"(alias {store.alias}) at {store.where} in {report.seconds:.1f} s "
+          f"({report.indexed / max(report.seconds, 1e-9):.1f} img/s); collection holds {total} points")
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if report.skipped:

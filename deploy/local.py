@@ -5,7 +5,7 @@ a Python-based ``onnxruntime`` backend (deploy/backends/onnxruntime/model.py), s
 model_repository/ also serves unchanged on the NGC image's native onnxruntime backend. Binds to
 127.0.0.1, waits for readiness, logs to a file, stops by PID and removes the Python backend's
 shared-memory files that no live process maps any more. Qdrant needs no process here: the embedded
-engine runs inside the client (see client/store.py).
+engine runs inside the client (see client/store/).
 """
 from __future__ import annotations
 
