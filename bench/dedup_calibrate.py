@@ -8,15 +8,14 @@ RECALL_TOLERANCE of the highest recall reached with precision >= 0.99 (else the 
 recall and F1 (per method, and recall per transform) are 2-fold cross-validated by original: each half
 is judged at the threshold fitted on the other half; the committed threshold is fitted on all pairs.
 The default cnn rule (cosine, plus ORB/RANSAC verification in an uncertain band) is fitted the same way.
-Writes data/bench/dedup/report.md, tradeoff.png, scores.npz and (unless --no-write) client/dedup_thresholds.json
-with the sha256 of the embedder it was calibrated on. The cnn method talks to Triton: $TRITON_URL or
---triton-url, else a local tritonserver is started on free ports for the run (then the recorded sha256
-is surely that of the served embedder).
+Writes data/bench/dedup/report.md, tradeoff.png, scores.npz and (unless --no-write) client/dedup/thresholds.json
+with the id of the embedder it was calibrated on, as the server reports it (RetrievalClient.embedder_id()).
+The cnn method talks to Triton: $TRITON_URL or --triton-url, else a local tritonserver is started on free
+ports for the run.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -27,8 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from client.dedup import encode
-from client.dedup_methods import METHODS, THRESHOLDS_FILE, embedder_fingerprint
+from client import spec
+from client.dedup import METHODS, get_method
+from client.dedup.thresholds import THRESHOLDS_FILE
+from client.imaging import encode_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "data" / "bench" / "dedup"
@@ -81,7 +82,6 @@ def _watermark(img, rng):
     return Image.alpha_composite(base, layer).convert("RGB")
 
 
-JPEG = object()  # marker: the transform is the encoding itself
 TRANSFORMS = {
     "crop90": _crop(0.90), "crop70": _crop(0.70), "crop50": _crop(0.50),
     "rotate5": _rotate(5), "rotate15": _rotate(15),
@@ -99,15 +99,9 @@ TRANSFORMS = {
 }
 
 
-def _jpeg(img: Image.Image, q: int) -> bytes:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=q)
-    return buf.getvalue()
-
-
 def build_set(photos: Path, n: int, seed: int = 0, max_side: int = 512) -> list[dict]:
     """[{name, source, transform, data}] - originals (transform 'original') and their copies."""
-    files = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = sorted(p for p in photos.iterdir() if spec.is_image_file(p))
     if len(files) < 4:
         raise SystemExit(f"{photos}: need at least 4 photos, found {len(files)}")
     picked = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(n, len(files))).round()]
@@ -116,9 +110,9 @@ def build_set(photos: Path, n: int, seed: int = 0, max_side: int = 512) -> list[
     for s, path in enumerate(picked):
         img = Image.open(path).convert("RGB")
         img.thumbnail((max_side, max_side), Image.LANCZOS)
-        items.append({"name": f"{s:03d}_original.jpg", "source": s, "transform": "original", "data": _jpeg(img, 95)})
+        items.append({"name": f"{s:03d}_original.jpg", "source": s, "transform": "original", "data": encode_jpeg(img, 95)})
         for t, fn in TRANSFORMS.items():
-            data = _jpeg(img, fn) if isinstance(fn, int) else _jpeg(fn(img, rng), 95)
+            data = encode_jpeg(img, fn) if isinstance(fn, int) else encode_jpeg(fn(img, rng), 95)
             items.append({"name": f"{s:03d}_{t}.jpg", "source": s, "transform": t, "data": data})
     return items
 
@@ -178,60 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--triton-url", default=os.environ.get("TRITON_URL"))
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--no-write", action="store_true", help="do not update client/dedup_thresholds.json")
+    ap.add_argument("--no-write", action="store_true", help="do not update client/dedup/thresholds.json")
     ap.add_argument("--reuse-cnn", action="store_true", help="reuse the cnn features of the last run when the embedder is the same")
     args = ap.parse_args(argv)
-    methods = [METHODS[m] for m in args.methods.split(",")]
+    names = args.methods.split(",")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    methods = [get_method(n) for n in names]
     args.out.mkdir(parents=True, exist_ok=True)
 
     items = build_set(args.photos, args.originals)
     print(f"{len(items)} images from {args.originals} originals x {len(TRANSFORMS)} transforms", file=sys.stderr)
-    server = client = None
-    fingerprint = embedder_fingerprint()  # of the file the server loads now; checked again after encoding
-    cache = args.out / "features_cnn.npz"
-    cached = None
-    if args.reuse_cnn and cache.exists():
-        z = np.load(cache)
-        if str(z["fingerprint"]) == str(fingerprint) and len(z["cnn"]) == len(items):
-            cached = (list(z["cnn"]), float(z["images_per_s"]))
-            print(f"cnn features reused from {cache}", file=sys.stderr)
-    if any(m.needs_server for m in methods) and cached is None:
-        from client.triton import RetrievalClient
-
-        url = args.triton_url
-        if not url:
-            from deploy.local import LocalTriton, free_port
-
-            server = LocalTriton(Path(tempfile.mkdtemp(prefix="triton_cal_")), ROOT / "model_repository")
-            url = server.up(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), timeout=300).grpc_url
-        client = RetrievalClient(url)
-    try:
-        feats, speed = {}, {}
-        blobs = [(it["name"], it["data"]) for it in items]
-        for m in methods:
-            if m.needs_server and cached is not None:
-                feats[m.name], speed[m.name] = cached[0], {"images_per_s": cached[1]}
-                continue
-            if client is not None and m.needs_server:
-                client.infer(blobs[0][1])  # warm-up
-            t = time.perf_counter()
-            f, errors = encode(m, blobs, client=client, concurrency=4)
-            speed[m.name] = {"images_per_s": len(blobs) / (time.perf_counter() - t)}
-            if errors:
-                raise SystemExit(f"{m.name}: {errors[:3]}")
-            feats[m.name] = [f[n] for n, _ in blobs]
-            print(f"{m.name}: {speed[m.name]['images_per_s']:.1f} img/s", file=sys.stderr)
-            if m.needs_server:
-                np.savez_compressed(cache, cnn=np.stack(feats[m.name]), fingerprint=str(fingerprint),
-                                    images_per_s=speed[m.name]["images_per_s"])
-    finally:
-        if client is not None:
-            client.close()
-        if server is not None:
-            server.down()
-
-    if any(m.needs_server for m in methods) and embedder_fingerprint() != fingerprint:
-        raise SystemExit("the embedder ONNX changed while calibrating (a rebuild?): re-run when it is stable")
+    feats, speed, embedder = encode_all(names, items, args.triton_url, args.out / "features_cnn.npz", args.reuse_cnn)
     a, b, positive = pair_sets(items)
     tr = np.array([items[k]["transform"] for k in b])
     fold = np.array([items[k]["source"] % 2 for k in a])  # 2-fold cross-validation by original
@@ -259,14 +212,63 @@ def main(argv: list[str] | None = None) -> int:
         results = {"cnn": rule | {k: results["cnn_plain"][k] for k in ("images_per_s", "pairs_per_s")}, **results}
     np.savez_compressed(args.out / "scores.npz", a=a, b=b, positive=positive, transform=tr, fold=fold,
                         **({"inliers": inliers} if inliers is not None else {}), **{f"score_{k}": v for k, v in scores.items()})
-    write_report(args.out, results, len(items), args.originals, int(positive.sum()), int((~positive).sum()), args.photos, fingerprint,
+    write_report(args.out, results, len(items), args.originals, int(positive.sum()), int((~positive).sum()), args.photos, embedder,
                  args.triton_url)
     plot(args.out / "tradeoff.png", scores, positive, np.ones(len(a), dtype=bool), results, methods)
     if not args.no_write:
-        write_thresholds(THRESHOLDS_FILE, results, args.photos, len(items), fingerprint)
+        write_thresholds(THRESHOLDS_FILE, results, args.photos, len(items), embedder)
         print(f"wrote {THRESHOLDS_FILE}", file=sys.stderr)
     print(f"report: {args.out / 'report.md'}", file=sys.stderr)
     return 0
+
+
+def encode_all(names: list[str], items: list[dict], url: str | None, cache: Path, reuse_cnn: bool) -> tuple[dict, dict, str | None]:
+    """({method: features in item order}, {method: {"images_per_s": ...}}, id of the served embedder or None).
+
+    Methods that need the server talk to ``url``, else to a tritonserver started here on free ports. With
+    ``reuse_cnn``, the cnn features of the last run are reused when the same embedder answers now.
+    """
+    blobs = [(it["name"], it["data"]) for it in items]
+    server = client = embedder = None
+    if any(METHODS[n].needs_server for n in names):
+        from client.triton import RetrievalClient
+
+        if not url:
+            from deploy.local import LocalTriton, free_port
+
+            server = LocalTriton(Path(tempfile.mkdtemp(prefix="triton_cal_")), ROOT / "model_repository")
+            url = server.up(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), timeout=300).grpc_url
+        client = RetrievalClient(url)
+        embedder = client.embedder_id()
+    try:
+        feats, speed = {}, {}
+        for name in names:
+            m = get_method(name, client, concurrency=4)
+            if m.needs_server and reuse_cnn and cache.exists():
+                z = np.load(cache)
+                if "embedder_id" in z.files and str(z["embedder_id"]) == embedder and len(z["cnn"]) == len(blobs):
+                    feats[name], speed[name] = list(z["cnn"]), {"images_per_s": float(z["images_per_s"])}
+                    print(f"cnn features reused from {cache}", file=sys.stderr)
+                    continue
+            if m.needs_server:
+                client.infer(blobs[0][1])  # warm-up
+            t = time.perf_counter()
+            f, errors = m.encode(blobs)
+            speed[name] = {"images_per_s": len(blobs) / (time.perf_counter() - t)}
+            if errors:
+                raise SystemExit(f"{name}: {errors[:3]}")
+            feats[name] = [f[n] for n, _ in blobs]
+            print(f"{name}: {speed[name]['images_per_s']:.1f} img/s", file=sys.stderr)
+            if m.needs_server:
+                if client.infer(blobs[0][1]).embedder_id != embedder:
+                    raise SystemExit("the served embedder changed while calibrating (a reload?): re-run when it is stable")
+                np.savez_compressed(cache, cnn=np.stack(feats[name]), embedder_id=embedder, images_per_s=speed[name]["images_per_s"])
+    finally:
+        if client is not None:
+            client.close()
+        if server is not None:
+            server.down()
+    return feats, speed, embedder
 
 
 def summarize(sim: np.ndarray, positive: np.ndarray, tr: np.ndarray) -> dict:
@@ -305,7 +307,7 @@ def fit_cnn_rule(items, a, b, cos, positive, fold, tr) -> tuple[dict, np.ndarray
     thresholds (2-fold out-of-fold numbers; the committed rule fitted on everything)."""
     from tqdm import tqdm
 
-    from client.dedup_methods import orb_features, verify
+    from client.dedup.cnn import orb_features, verify
     from client.imaging import decode
 
     band = np.nonzero(cos >= min(CANDIDATES))[0]
@@ -341,8 +343,8 @@ def fit_cnn_rule(items, a, b, cos, positive, fold, tr) -> tuple[dict, np.ndarray
                   "max_negative_inliers": int(neg_in.max()) if neg_in.size else 0}, inliers
 
 
-def write_thresholds(path: Path, results: dict, photos: Path, n_images: int, fingerprint: str | None) -> None:
-    data = {"embedder_sha256": fingerprint,
+def write_thresholds(path: Path, results: dict, photos: Path, n_images: int, embedder: str | None) -> None:
+    data = {"embedder_id": embedder,
             "calibrated": time.strftime("%Y-%m-%d"),
             "by": "python -m bench.dedup_calibrate",
             "data": f"{photos.name}: {n_images} images (originals + {len(TRANSFORMS)} transforms each)",
@@ -355,14 +357,14 @@ def write_thresholds(path: Path, results: dict, photos: Path, n_images: int, fin
 
 
 def write_report(out: Path, results: dict, n_images: int, n_orig: int, n_pos: int, n_neg: int, photos: Path,
-                 fingerprint: str | None, url: str | None) -> None:
-    served = f" (served by {url}: assumed to serve this file)" if url else " (served by a tritonserver started for the run)"
+                 embedder: str | None, url: str | None) -> None:
+    embedder_note = f" Embedder `{embedder}` (served by {url or 'a tritonserver started for the run'})." if embedder else ""
     lines = [f"# Dedup calibration ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores)", "",
              f"{n_images} images: {n_orig} originals from `{photos}` x {len(TRANSFORMS)} transforms; {n_pos} positive pairs "
              f"(original, copy) and {n_neg} negative pairs (an original with any image of another original). Threshold = "
              f"the strictest one within {RECALL_TOLERANCE} of the highest recall reached with precision >= {TARGET_PRECISION}. Precision/recall/F1 are 2-fold cross-validated by original "
              "(each half judged at the threshold fitted on the other half); the threshold shown (and committed) is fitted on "
-             f"all pairs. Embedder sha256 `{str(fingerprint)[:16]}`{served}.", "",
+             f"all pairs.{embedder_note}", "",
              "| method | threshold | precision | recall | F1 | false pos. | images/s | pairs/s |", "|---|---|---|---|---|---|---|---|"]
     for k, v in results.items():
         lines.append(f"| {k} | {v['threshold']:.4g} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "

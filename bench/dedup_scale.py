@@ -16,7 +16,6 @@ Results: data/bench/dedup/scale_<N>.json and .md.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -29,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from client import spec
+from client.imaging import encode_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "data" / "bench" / "dedup"
@@ -105,9 +107,7 @@ def _write_part(args) -> list[tuple[str, int]]:
             b = int(rng.integers(0, n_bases // 2)) * 2  # copies of the even-numbered half of the bases
             img, q = _copy(base(b), rng)
         name = f"{k // 1000:03d}/{k:06d}.jpg"
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=q)
-        (folder / name).write_bytes(buf.getvalue())
+        (folder / name).write_bytes(encode_jpeg(img, q))
         out.append((name, b))
     return out
 
@@ -121,7 +121,7 @@ def generate(folder: Path, n: int, photos_dir: Path | None, seed: int = 0) -> di
     shutil.rmtree(folder, ignore_errors=True)
     for k in range(0, n, 1000):
         (folder / f"{k // 1000:03d}").mkdir(parents=True, exist_ok=True)
-    photos = sorted(str(p) for p in photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".png")) if photos_dir and photos_dir.is_dir() else []
+    photos = sorted(str(p) for p in photos_dir.iterdir() if spec.is_image_file(p)) if photos_dir and photos_dir.is_dir() else []
     n_bases = n // 2
     step = 2000
     parts = [(folder, photos, s, min(n, s + step), n_bases, seed) for s in range(0, n, step)]
@@ -152,10 +152,9 @@ def quality(groups: list[list[str]], truth: dict[str, int], root: Path) -> dict:
 
 
 def run_hash(folder: Path, method: str, threshold: float | None, truth_file: Path) -> dict:
-    from client.dedup import dedup
-    from client.dedup_methods import load_thresholds
+    from client.dedup import dedup, get_method
 
-    thr = threshold if threshold is not None else load_thresholds().get(method)
+    thr = get_method(method).resolve(threshold)
     store = Path(os.environ.get("TMPDIR", "/tmp")) / f"dedup_scale_{os.getpid()}"
     t = time.perf_counter()
     res = dedup(folder, method, thr, name="scale", store_path=store, concurrency=1, show_progress=True)
@@ -168,9 +167,9 @@ def run_hash(folder: Path, method: str, threshold: float | None, truth_file: Pat
 
 
 def run_cnn(folder: Path, truth: dict[str, int], sample: int, url: str | None, n: int) -> dict:
-    from client.dedup import UnionFind, encode
-    from client.dedup_methods import METHODS, cnn_rule
-    from client.store import DedupStore, dedup_point_id
+    from client.dedup import Plan, get_method
+    from client.dedup.groups import UnionFind
+    from client.store import dedup_point_id
     from client.triton import RetrievalClient
 
     rng = np.random.default_rng(1)
@@ -187,15 +186,16 @@ def run_cnn(folder: Path, truth: dict[str, int], sample: int, url: str | None, n
         url = server.up(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), timeout=300).grpc_url
     try:
         with RetrievalClient(url) as client:
+            method = get_method("cnn", client, concurrency=4)
             client.infer(items[0][1])
             t = time.perf_counter()
-            feats, errors = encode(METHODS["cnn"], items, client=client, concurrency=4)
+            feats, errors = method.encode(items)
             enc_s = time.perf_counter() - t
     finally:
         if server is not None:
             server.down()
     real = np.stack([feats[p] for p in pick if p in feats])
-    rule = cnn_rule()
+    rule = method.rule()
     thr = rule.threshold
     store_t = rule.candidate if rule.candidate is not None else rule.threshold
     # N vectors built from the real ones (see the module docstring): bases sharing a real vector have
@@ -213,7 +213,7 @@ def run_cnn(folder: Path, truth: dict[str, int], sample: int, url: str | None, n
     out = {"method": "cnn", "threshold": thr, "images": n, "encode_sample": len(real), "encode_images_per_s": len(real) / enc_s,
            "encode_s_extrapolated": n / (len(real) / enc_s)}
     try:
-        with DedupStore("scale", "cnn", vecs.shape[1], "cosine", path=store_dir) as store:
+        with method.open_store("scale", store_dir) as store:
             ids = [dedup_point_id(f"v{i}") for i in range(n)]
             t = time.perf_counter()
             store.upsert(ids, vecs, [{"path": f"v{i}"} for i in range(n)])
@@ -222,20 +222,16 @@ def run_cnn(folder: Path, truth: dict[str, int], sample: int, url: str | None, n
             store.optimize()
             out["hnsw_build_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            pos = {pid: k for k, pid in enumerate(ids)}
-            uf = UnionFind(n)
-            step = 4096
-            from tqdm import tqdm
-
             band = set()
-            for s in tqdm(range(0, n, step), desc="k-NN self-join", unit="4k"):
-                for k, hits in enumerate(store.neighbours(vecs[s:s + step], limit=32, threshold=store_t), start=s):
-                    for pid, score in hits:
-                        j = pos[pid]
-                        if score >= thr:
-                            uf.union(k, j)
-                        elif j != k:
-                            band.add((min(k, j), max(k, j)))  # would get the geometric check (needs real files)
+
+            def accept(i: int, j: int, score: float) -> bool:
+                if score >= thr:
+                    return True
+                band.add((min(i, j), max(i, j)))  # would get the geometric check (needs real files)
+                return False
+            uf = UnionFind(n)
+            for i, j in method.candidate_pairs(Plan(store_t, {"threshold": thr}, accept), ids, vecs, store):
+                uf.union(i, j)
             groups = uf.groups()
             out["search_group_s"] = time.perf_counter() - t
     finally:

@@ -1,10 +1,9 @@
-"""client.dedup / client.compare / client.hashindex: hand-made near-duplicates of skimage.data photos.
+"""client.dedup (methods, flow, CLI, compare, hash index): hand-made near-duplicates of skimage.data photos.
 
-Thresholds are the calibrated ones (client/dedup_thresholds.json); the cnn tests use a real tritonserver.
+Thresholds are the calibrated ones (client/dedup/thresholds.json); the cnn tests use a real tritonserver.
 """
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -12,8 +11,10 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from client import dedup as dd
-from client.dedup_methods import load_thresholds
-from client.hashindex import HammingIndex, brute_force_pairs, hamming
+from client.dedup.__main__ import main as dedup_main
+from client.dedup.hashindex import HammingIndex, brute_force_pairs, hamming
+from client.dedup.thresholds import load_thresholds
+from client.imaging import encode_jpeg
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field"]
 VARIANTS = {  # name -> transform; "flip" only for methods that should survive it
@@ -33,12 +34,6 @@ def _photo(name: str) -> Image.Image:
     return img.convert("RGB")
 
 
-def _jpeg(img: Image.Image, q: int = 92) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=q)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def originals():
     return {n: _photo(n) for n in PHOTOS}
@@ -48,9 +43,9 @@ def _folder(tmp_path, originals, photos, variants):
     tmp_path.mkdir(parents=True, exist_ok=True)
     for n in photos:
         im = originals[n]
-        (tmp_path / f"{n}.jpg").write_bytes(_jpeg(im))
+        (tmp_path / f"{n}.jpg").write_bytes(encode_jpeg(im))
         for v in variants:
-            data = _jpeg(im, 25) if v == "q25" else _jpeg(VARIANTS[v](im))
+            data = encode_jpeg(im, 25) if v == "q25" else encode_jpeg(VARIANTS[v](im))
             (tmp_path / f"{n}__{v}.jpg").write_bytes(data)
     return tmp_path
 
@@ -94,21 +89,21 @@ def test_cnn_groups_copies_and_keeps_distinct_photos_apart(tmp_path, originals, 
     again = dd.dedup(folder, "cnn", thr, client=client, store_path=tmp_path / "idx", show_progress=False)
     assert again.encoded == 0 and _names(again) == _names(res)
     new = tmp_path / "new.jpg"
-    new.write_bytes(_jpeg(originals["rocket"].rotate(3), 60))
+    new.write_bytes(encode_jpeg(originals["rocket"].rotate(3), 60))
     found, errors = dd.check([new], folder, "cnn", thr, client=client, store_path=tmp_path / "idx")
     assert errors == [] and {p.rsplit("/", 1)[-1].split("__")[0].removesuffix(".jpg") for p, _ in found[str(new)]} == {"rocket"}
 
 
 @pytest.mark.integration
 def test_compare_reports_every_measure(originals, client):
-    from client.compare import compare
-    from client.dedup_methods import METHODS
+    from client.dedup import METHODS
+    from client.dedup.compare import compare
 
-    a = _jpeg(originals["coffee"])
-    exact, same = compare(a, _jpeg(originals["coffee"], 30), client=client)
+    a = encode_jpeg(originals["coffee"])
+    exact, same = compare(a, encode_jpeg(originals["coffee"], 30), client=client)
     assert not exact and [m.method for m in same] == list(METHODS)
     assert all(m.duplicate for m in same), [(m.method, m.score, m.threshold) for m in same if not m.duplicate]
-    _, other = compare(a, _jpeg(originals["rocket"]), client=client)
+    _, other = compare(a, encode_jpeg(originals["rocket"]), client=client)
     assert not any(m.duplicate for m in other), [(m.method, m.score) for m in other if m.duplicate]
     assert compare(a, a)[0] is True
 
@@ -116,10 +111,10 @@ def test_compare_reports_every_measure(originals, client):
 def test_exact_copies_by_content_hash(tmp_path, originals):
     folder = tmp_path / "img"
     (folder / "sub").mkdir(parents=True)
-    data = _jpeg(originals["astronaut"])
+    data = encode_jpeg(originals["astronaut"])
     for p in ["a.jpg", "b.jpg", "sub/c.jpg"]:
         (folder / p).write_bytes(data)
-    (folder / "other.jpg").write_bytes(_jpeg(originals["coffee"]))
+    (folder / "other.jpg").write_bytes(encode_jpeg(originals["coffee"]))
     res = dd.dedup(folder, "pixel_cosine", 2.0, store_path=tmp_path / "idx", show_progress=False)  # no near pair passes 2.0
     assert len(res.groups) == 1 and res.groups[0].exact and res.groups[0].count == 3
 
@@ -129,7 +124,7 @@ def test_json_output_bad_files_and_dry_run(tmp_path, originals, capsys):
     (folder / "broken.jpg").write_bytes(b"not an image at all")
     (folder / "empty.png").write_bytes(b"")
     args = [str(folder), "--method", "phash", "--store-path", str(tmp_path / "idx"), "--quiet"]
-    assert dd.main(args + ["--json"]) == 3
+    assert dedup_main(args + ["--json"]) == 3
     cap = capsys.readouterr()
     out = json.loads(cap.out)
     assert [sorted(p.rsplit("/", 1)[-1] for p in g["images"]) for g in sorted(out["groups"], key=lambda g: g["keep"])] == \
@@ -138,10 +133,10 @@ def test_json_output_bad_files_and_dry_run(tmp_path, originals, capsys):
     assert {e["path"].rsplit("/", 1)[-1] for e in out["errors"]} == {"broken.jpg", "empty.png"}
     assert "broken.jpg: cannot decode image" in cap.err and "not a known image format" in cap.err
     before = sorted(p.name for p in folder.iterdir())
-    assert dd.main(args + ["--delete"]) == 3
+    assert dedup_main(args + ["--delete"]) == 3
     assert sorted(p.name for p in folder.iterdir()) == before and "dry run" in capsys.readouterr().err
     html = tmp_path / "groups.html"
-    assert dd.main(args + ["--move-to", str(tmp_path / "moved"), "--apply", "--html", str(html)]) == 3
+    assert dedup_main(args + ["--move-to", str(tmp_path / "moved"), "--apply", "--html", str(html)]) == 3
     left = sorted(p.name for p in folder.iterdir())
     assert left == sorted([f"{n}.jpg" for n in PHOTOS[:3]] + ["broken.jpg", "empty.png"])  # the largest copy is kept
     assert len(list((tmp_path / "moved").iterdir())) == 6 and html.read_text().count("<section>") == 3
@@ -176,3 +171,21 @@ def test_groups_are_direct_copies_of_the_kept_image_unless_transitive():
     chain = [(0, 1), (1, 2)]  # a~b, b~c (c2 is an exact copy of c); a and c are not alike
     assert sorted(sorted(g) for g in dd.group_pairs(files, chain)) == [[0, 1], [2, 3]]
     assert sorted(sorted(g) for g in dd.group_pairs(files, chain, transitive=True)) == [[0, 1, 2, 3]]
+
+
+def test_thresholds_name_the_calibrated_embedder_and_old_files_still_read(tmp_path):
+    from client.dedup.thresholds import StaleCalibration
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"embedder_sha256": "109f353f", "methods": {"cnn": {"threshold": 0.8, "candidate": 0.4}}}))
+    t = load_thresholds(old)
+    assert t.embedder_id is None and t.get("cnn") == 0.8 and t.extra["cnn"] == {"candidate": 0.4}
+    assert t.check_embedder("v1-0123abcd")  # unknown id: nothing to check
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"embedder_id": "v1-aaaa", "methods": {"phash": {"threshold": 14}}}))
+    t = load_thresholds(new)
+    assert t.check_embedder("v1-aaaa")
+    with pytest.warns(StaleCalibration, match="v1-aaaa.*v1-bbbb"):
+        assert not t.check_embedder("v1-bbbb")
+    with pytest.raises(ValueError, match="no calibrated threshold for 'cnn'"):
+        t.get("cnn")

@@ -1,5 +1,6 @@
-"""What client.dedup prints and does with its groups: table, CSV, JSON, an HTML page, and the opt-in
-``--move-to`` / ``--delete`` plan (a dry run unless ``--apply``; the kept image of a group is never touched)."""
+"""What ``python -m client.dedup`` prints and does with its groups: table, CSV, JSON, an HTML page, the
+answer of ``--check``, and the opt-in ``--move-to`` / ``--delete`` plan (a dry run unless ``--apply``;
+the kept image of a group is never touched)."""
 from __future__ import annotations
 
 import csv
@@ -23,6 +24,12 @@ def table(result) -> str:
     return "\n".join(lines)
 
 
+def summary(result) -> str:
+    copies = sum(g.count - 1 for g in result.groups)
+    return (f"\n{copies} redundant copies; encoded {result.encoded} new image(s) in {result.seconds_encode:.1f} s, "
+            f"search + grouping {result.seconds_search:.1f} s")
+
+
 def to_csv(result) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -35,6 +42,16 @@ def to_csv(result) -> str:
 
 def to_json(result) -> str:
     return json.dumps(result.to_json(), indent=1)
+
+
+def check_json(found: dict[str, list[tuple[str, float]]]) -> str:
+    return json.dumps({"checked": [{"image": k, "copies": [{"path": p, "score": s} for p, s in v]} for k, v in found.items()]},
+                      indent=1)
+
+
+def check_text(found: dict[str, list[tuple[str, float]]]) -> str:
+    return "".join(f"{k}: " + (", ".join(f"{p} ({s:.3g})" for p, s in v) if v else "no copy in the collection") + "\n"
+                   for k, v in found.items())
 
 
 def to_html(result, side: int = 160) -> str:
