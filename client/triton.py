@@ -76,6 +76,11 @@ class RetrievalClient:
         self.close()
 
     def infer(self, data: bytes, name: str = "<bytes>") -> ImageResult:
+        """One encoded image -> its objects (BadImage when the server cannot read it)."""
+        return ImageResult.from_outputs(self.outputs(data, name))
+
+    def outputs(self, data: bytes, name: str = "<bytes>") -> dict[str, np.ndarray]:
+        """The ensemble's raw outputs for one encoded image, every row, by tensor name."""
         inp = grpcclient.InferInput(self.input_name, [1], "BYTES")
         inp.set_data_from_numpy(np.array([data], dtype=object))
         outs = [grpcclient.InferRequestedOutput(n) for n in self.output_names]
@@ -88,7 +93,7 @@ class RetrievalClient:
             if "UNAVAILABLE" in str(exc.status()):
                 raise ServerUnavailable(f"Triton at {self.url} went away: {msg}") from exc
             raise TritonError(f"{name}: inference failed: {msg}") from exc
-        return ImageResult.from_outputs({n: res.as_numpy(n) for n in self.output_names})
+        return {n: res.as_numpy(n) for n in self.output_names}
 
     def embedder_id(self) -> str:
         """Identity of the embedder weights the server runs (asked once with a small blank image)."""

@@ -2,6 +2,11 @@
 
 quick: CPU, a few minutes (the demo and the tests use it). full: more data and epochs (hours on CPU,
 minutes on a GPU). Heads train on cached frozen-backbone features; everything is seeded.
+
+The stages, in order (``build`` calls them): ``prepare_data`` (generated scenes and crops, and their
+backbone features, cached) -> ``detector_stage`` -> ``merge_categories`` (the confusion matrix of
+cross-validation probes) -> ``classifier_stage`` -> ``embedder_stage`` -> the heads saved
+(export/checkpoint.py) -> ``export_models`` (ONNX + parity) -> ``write_log``.
 """
 from __future__ import annotations
 
@@ -11,13 +16,19 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from client import spec
 from export import repository
+
+if TYPE_CHECKING:  # torch is imported when a build runs, not by `--help`
+    from export import dataset, train
+    from export.checkpoint import Heads
+    from export.models import Classifier, Detector, Embedder
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOSET = ROOT.parent / "shared" / "datasets" / "photoset"
@@ -28,13 +39,31 @@ PROFILES = {
     "full": ({"synthetic_per_class": 30, "scenes": 8000, "catalog_views": 1500},
              {"det_epochs": 80, "cls_epochs": 300, "emb_epochs": 120}),
 }
+STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
+DATA_VERSION = 2  # bump when scene generation changes, so cached features are not reused
 
 
 def missing_models(repo: Path) -> list[str]:
     return [m.name for m in spec.ONNX_MODELS if not spec.onnx_file(repo, m.name).exists()]
 
 
-DATA_VERSION = 2  # bump when scene generation changes, so cached features are not reused
+# --- data -------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingData:
+    sources: "dataset.Sources"
+    det: "dataset.DetectorData"
+    crops: "dataset.CropData"
+    f16: np.ndarray  # detector images: stride-16 backbone maps
+    f32: np.ndarray  # detector images: stride-32 backbone maps
+    c32: np.ndarray  # crops: stride-32 maps (for the embedder's tuned head)
+    pooled: np.ndarray  # crops: pooled 1280-d vectors
+
+    @property
+    def fine_of(self) -> np.ndarray:
+        """Each crop's fine class, an index into sources.fine_classes."""
+        fine = self.sources.fine_classes
+        return np.array([fine.index(self.sources.products[p].fine_class) for p in self.crops.product])
 
 
 def features(dcfg, sources, build_dir: Path):
@@ -68,8 +97,249 @@ def features(dcfg, sources, build_dir: Path):
     return det, crops, f16, f32, c32, pooled
 
 
-STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
+def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict) -> TrainingData:
+    from export import dataset
 
+    sources = dataset.load_sources(dcfg)
+    for e in sources.errors:
+        print(f"skipped cutout: {e}", file=sys.stderr)
+    print(f"data: {len(sources.products)} training products ({len(sources.held_out)} held out for export.evaluate), "
+          f"{len(sources.fine_classes)} fine classes, {len(set(sources.merge.values()))} categories, "
+          f"{len(sources.train_backgrounds)} background photos "
+          f"({'photoset ' + dcfg.photoset if dcfg.photoset else 'generated only'})")
+    data = TrainingData(sources, *features(dcfg, sources, build_dir))
+    log["data"]["counts"] = {"products": len(sources.products), "detector_images": int(len(data.det.val)),
+                             "crops": int(len(data.crops.product)), "background_photos": len(sources.train_backgrounds),
+                             "held_out_products": len(sources.held_out), "held_out_backgrounds": len(sources.eval_backgrounds)}
+    return data
+
+
+# --- training stages ----------------------------------------------------------------------------------
+# ``old``: the heads of the previous build when only some heads are retrained; a stage whose head is
+# not in ``retrain`` takes its weights (and its curve) from there. The order of the stages and of the
+# torch modules they create is the order of the seeded random draws: keep it.
+
+def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old: "Heads | None" = None,
+                   retrain: tuple[str, ...] = ()) -> "Detector":
+    from export import train
+
+    if old and spec.DETECTOR.name not in retrain:
+        det = old.detector_model()
+        log["detector_curve"] = old.log.get("detector_curve")
+    else:
+        from export.models import Detector
+
+        det = Detector()
+        train_idx = np.where(~data.det.val)[0]
+        log["detector_curve"] = train.train_detector(det.head, data.f16, data.f32, data.det.boxes, train_idx, tcfg)
+    val_idx = np.where(data.det.val)[0]
+    pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx)
+    log["detector_val"] = train.detection_metrics(pb, ps, [data.det.boxes[i] for i in val_idx])
+    print("detector (validation scenes):", log["detector_val"])
+    return det
+
+
+def merge_categories(data: TrainingData, tcfg: "train.TrainConfig", log: dict) -> dict[str, str]:
+    """The category merge map, from the confusion matrix of ``merge.FOLDS`` probes over training products
+    (each fold's products unseen by its probe), so it measures how classes generalise to NEW products:
+    the classes they confuse are merged."""
+    import torch
+
+    from export import merge, train
+
+    fine, crops, pooled = data.sources.fine_classes, data.crops, data.pooled
+    fine_of = data.fine_of
+    tr = ~crops.val
+    fold = np.array([merge.fold_of(data.sources.products[p].product_id) for p in crops.product])
+    conf = np.zeros((len(fine), len(fine)), np.int64)
+    probe_correct = []
+    for k in range(merge.FOLDS):
+        probe = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(pooled.shape[1], len(fine)))
+        train.train_classifier(probe, pooled[tr & (fold != k)], fine_of[tr & (fold != k)], tcfg, progress=False)
+        held = (fold == k) & ~crops.is_catalog
+        probe.eval()
+        with torch.no_grad():
+            pred = probe(torch.from_numpy(pooled[held]).float()).argmax(1).numpy()
+        conf += merge.confusion(fine_of[held], pred, len(fine))
+        probe_correct.append(pred == fine_of[held])
+    held = ~crops.is_catalog
+    merge_map, steps = merge.merge_by_confusion(fine, conf)
+    log["category_merge"] = {"folds": merge.FOLDS, "crops": int(held.sum()),
+                             "unseen_product_fine_accuracy": round(float(np.concatenate(probe_correct).mean()), 4),
+                             "steps": steps, "merge_map": merge_map, "confusion": conf.tolist()}
+    print(f"categories: {len(fine)} fine classes merged into {len(set(merge_map.values()))} by the confusion "
+          f"matrix of {int(held.sum())} crops of products unseen by their probe ({steps[-1]})")
+    return merge_map
+
+
+def classifier_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old: "Heads | None" = None,
+                     retrain: tuple[str, ...] = ()) -> "Classifier":
+    """Fitted on every training product's crops, over the merge map of ``merge_categories`` (or the old
+    classifier with its own fine classes and merge map)."""
+    import torch
+
+    from export import train
+
+    fine_of, va = data.fine_of, data.crops.val
+    if old and spec.CLASSIFIER.name not in retrain:
+        cls = old.classifier_model()
+        log["category_merge"] = old.log.get("category_merge")
+    else:
+        from export.models import Classifier
+
+        merge_map = merge_categories(data, tcfg, log)
+        cls = Classifier(data.sources.fine_classes, merge_map)
+        log["classifier_curve"] = train.train_classifier(cls.head, data.pooled[~va], fine_of[~va], tcfg)[-1:]
+    fine, merge_map = cls.fine_classes, cls.merge
+    with torch.no_grad():
+        pred = cls.head(torch.from_numpy(data.pooled[va]).float()).argmax(1).numpy()
+    log["classifier_val"] = {"fine_accuracy": round(float((pred == fine_of[va]).mean()), 4),
+                             "category_accuracy": round(float(np.mean([merge_map[fine[a]] == merge_map[fine[b]]
+                                                                       for a, b in zip(pred, fine_of[va])])), 4)}
+    print("classifier (validation crops):", log["classifier_val"])
+    return cls
+
+
+def embedder_recall(emb: "Embedder", data: TrainingData) -> dict:
+    """Recall of the validation crops against one catalog crop per product."""
+    import torch
+
+    from export import train
+
+    feats = data.c32 if emb.tuned_head is not None else data.pooled
+    crops, va = data.crops, data.crops.val
+    with torch.no_grad():
+        z = torch.cat([emb.embed_features(torch.from_numpy(feats[i:i + 512]).float()) for i in range(0, len(feats), 512)]).numpy()
+    first: dict[int, int] = {}
+    for r in np.where(crops.is_catalog)[0]:
+        first.setdefault(int(crops.product[r]), r)
+    g = np.array(list(first.values()))
+    return train.retrieval_recall(z[va], crops.product[va], z[g], crops.product[g])
+
+
+def embedder_stage(data: TrainingData, tcfg: "train.TrainConfig", merge_map: dict[str, str], log: dict,
+                   old: "Heads | None" = None, retrain: tuple[str, ...] = ()) -> "Embedder":
+    """Initialised from the PCA of the pooled features (the baseline it is compared with), then trained
+    with losses whose hard negatives come from the same category (``merge_map``)."""
+    from export import train
+    from export.models import Embedder
+
+    crops, tr = data.crops, ~data.crops.val
+    emb = Embedder(tune_head=tcfg.emb_tune_head)
+    train.pca_init(emb.proj, emb.center, data.pooled[tr])
+    log["embedder_val_pca_baseline"] = embedder_recall(emb, data)
+    if old and spec.EMBEDDER.name not in retrain:
+        emb = old.embedder_model()
+        log["embedder_curve"] = old.log.get("embedder_curve")
+    else:
+        categories = sorted(set(merge_map.values()))
+        cat_of = np.array([categories.index(merge_map[data.sources.products[p].fine_class]) for p in crops.product])
+        feats = data.c32 if emb.tuned_head is not None else data.pooled
+        log["embedder_curve"] = train.train_embedder(emb, feats[tr], crops.product[tr], crops.is_catalog[tr], cat_of[tr], tcfg)[-1:]
+    log["embedder_val"] = embedder_recall(emb, data)
+    print("embedder (validation crops vs catalog):", log["embedder_val"], "PCA baseline:", log["embedder_val_pca_baseline"])
+    return emb
+
+
+def train_heads(dcfg: "dataset.DataConfig", tcfg: "train.TrainConfig", build_dir: Path, log: dict,
+                old: "Heads | None" = None, retrain: tuple[str, ...] = ()) -> "Heads":
+    from export.checkpoint import Heads
+
+    t0 = time.time()
+    data = prepare_data(dcfg, build_dir, log)
+    det = detector_stage(data, tcfg, log, old, retrain)
+    cls = classifier_stage(data, tcfg, log, old, retrain)
+    emb = embedder_stage(data, tcfg, cls.merge, log, old, retrain)
+    log["train_seconds"] = round(time.time() - t0, 1)
+    return Heads.from_models(det, cls, emb, log)
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+def export_detector(det: "Detector", path: Path, img) -> float:
+    import torch
+
+    from export.onnx_export import export_torch, finish, metadata, parity
+
+    m = export_torch(det, spec.DETECTOR, path, torch.from_numpy(img(1, spec.DET_SIZE)))
+    finish(m, spec.DETECTOR, path, metadata(spec.DETECTOR))
+    return parity(path, lambda x: [t.numpy() for t in det(torch.from_numpy(x))], [img(1, spec.DET_SIZE), img(2, spec.DET_SIZE)])
+
+
+def export_classifier(cls: "Classifier", path: Path, img) -> float:
+    """The graph's int64 class indices become the spec's STRING outputs by a Gather on the class names."""
+    import torch
+
+    from export.onnx_export import add_label_outputs, export_torch, finish, metadata, parity
+
+    fine_idx, category_idx = "fine_idx", "category_idx"  # internal to the graph: replaced by the spec's outputs
+    m = export_torch(cls, spec.CLASSIFIER, path, torch.from_numpy(img(2, spec.CROP_SIZE)),
+                     [fine_idx, category_idx, spec.CATEGORY_SCORE.name])
+    add_label_outputs(m, {spec.FINE_CLASS.name: (fine_idx, cls.fine_classes), spec.CATEGORY.name: (category_idx, cls.categories)})
+    finish(m, spec.CLASSIFIER, path, metadata(spec.CLASSIFIER, {"fine_classes": cls.fine_classes, "categories": cls.categories,
+                                                                "merge_map": cls.merge}))
+
+    def reference(x):
+        f, c, s = cls(torch.from_numpy(x))
+        return [np.array([cls.fine_classes[i] for i in f], dtype=object), np.array([cls.categories[i] for i in c], dtype=object), s.numpy()]
+
+    return parity(path, reference, [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
+
+
+def export_embedder(emb: "Embedder", path: Path, img) -> tuple[float, str]:
+    """Returns the parity and the embedder id, the graph's constant ``spec.EMBEDDER_ID`` output (and a
+    metadata_props entry): a hash of its weights, so the server tells which embedder answers."""
+    import torch
+
+    from export.onnx_export import add_constant_output, export_torch, finish, metadata, parity, weights_id
+
+    m = export_torch(emb, spec.EMBEDDER, path, torch.from_numpy(img(2, spec.CROP_SIZE)), [spec.EMBEDDINGS.name])
+    emb_id = weights_id(m)
+    add_constant_output(m, spec.EMBEDDER_ID, emb_id)
+    finish(m, spec.EMBEDDER, path, metadata(spec.EMBEDDER, {spec.EMBEDDER_ID.name: emb_id}))
+    worst = parity(path, lambda x: [emb(torch.from_numpy(x)).numpy(), np.array([emb_id], dtype=object)],
+                   [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
+    return worst, emb_id
+
+
+def export_models(heads: "Heads", repo: Path, todo: set[str], seed: int, log: dict) -> None:
+    """Exports the trained models named in ``todo`` (parity-checked against torch on two batch sizes)
+    and the crop graph into ``repo``; records the parity and the embedder id in ``log``."""
+    import onnx
+    import torch
+
+    from export.crop_graph import build_crop_model
+    from export.onnx_export import metadata, set_metadata
+
+    t1 = time.time()
+    repository.write(repo)
+    det, cls, emb = heads.models()
+    rng = np.random.default_rng(seed)
+    img = lambda n, s: rng.integers(0, 256, (n, 3, s, s), dtype=np.uint8)  # noqa: E731
+    parity_log = {}
+    with torch.no_grad():
+        if spec.DETECTOR.name in todo:
+            parity_log[spec.DETECTOR.name] = export_detector(det, spec.onnx_file(repo, spec.DETECTOR.name), img)
+        if spec.CLASSIFIER.name in todo:
+            parity_log[spec.CLASSIFIER.name] = export_classifier(cls, spec.onnx_file(repo, spec.CLASSIFIER.name), img)
+        if spec.EMBEDDER.name in todo:
+            parity_log[spec.EMBEDDER.name], log["embedder_id"] = export_embedder(emb, spec.onnx_file(repo, spec.EMBEDDER.name), img)
+    crop = build_crop_model()
+    set_metadata(crop, metadata(spec.CROP))
+    onnx.save(crop, str(spec.onnx_file(repo, spec.CROP.name)))
+    log["onnx_parity_max_abs_diff"] = parity_log
+    log["export_seconds"] = round(time.time() - t1, 1)
+    print(f"exported {', '.join(sorted(todo))} and crop to {repo} (parity max |diff|: {parity_log})")
+
+
+def write_log(log: dict, build_dir: Path, repo: Path) -> None:
+    """The training log, in the build directory and next to the exported models: data, config, metrics."""
+    text = json.dumps(log, indent=1, default=str)
+    (build_dir / "training_log.json").write_text(text)
+    (repo / "training_log.json").write_text(text)
+
+
+# --- the build ----------------------------------------------------------------------------------------
 
 def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force: bool = False, seed: int = 0,
           retrain: tuple[str, ...] = ()) -> dict:
@@ -77,12 +347,8 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
     profile, and their ONNX files are left as they are)."""
     import torch
 
-    from export import dataset, merge, train
-    from export.crop_graph import build_crop_model
-    from export.models import Classifier, Detector, Embedder
-    import onnx
-
-    from export.onnx_export import add_label_outputs, export_torch, finish, metadata, parity, set_metadata
+    from export import dataset, train
+    from export.checkpoint import Heads
 
     torch.manual_seed(seed)
     torch.set_num_threads(int(os.environ.get("TORCH_NUM_THREADS", os.cpu_count() or 1)))
@@ -91,171 +357,24 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
     tcfg = train.TrainConfig(**train_kw, seed=seed)
     build_dir.mkdir(parents=True, exist_ok=True)
     heads_path = build_dir / f"heads_{profile}.pt"
-    log: dict = {"profile": profile, "data": asdict(dcfg), "train": asdict(tcfg), "spec": {
-        "det_size": spec.DET_SIZE, "crop_size": spec.CROP_SIZE, "k": spec.MAX_OBJECTS, "embed_dim": spec.EMBED_DIM}}
-    t0 = time.time()
     old = None
     if retrain:
         if not heads_path.exists():
             raise SystemExit(f"error: --retrain needs a previous build ({heads_path} is missing)")
-        old = torch.load(heads_path, map_location="cpu", weights_only=False)
+        old = Heads.load(heads_path)
         force = True
     if heads_path.exists() and not force:
         print(f"using trained heads from {heads_path}")
-        heads = torch.load(heads_path, map_location="cpu", weights_only=False)
-        log = heads["log"]
+        heads = Heads.load(heads_path)
     else:
-        sources = dataset.load_sources(dcfg)
-        for e in sources.errors:
-            print(f"skipped cutout: {e}", file=sys.stderr)
-        print(f"data: {len(sources.products)} training products ({len(sources.held_out)} held out for export.evaluate), {len(sources.fine_classes)} fine classes, "
-              f"{len(set(sources.merge.values()))} categories, {len(sources.train_backgrounds)} background photos "
-              f"({'photoset ' + photoset if photoset else 'generated only'})")
-        det_data, crop_data, f16, f32, c32, pooled = features(dcfg, sources, build_dir)
-        log["data"]["counts"] = {"products": len(sources.products), "detector_images": int(len(det_data.val)),
-                                 "crops": int(len(crop_data.product)), "background_photos": len(sources.train_backgrounds),
-                                 "held_out_products": len(sources.held_out), "held_out_backgrounds": len(sources.eval_backgrounds)}
-        # detector
-        det = Detector()
-        train_idx, val_idx = np.where(~det_data.val)[0], np.where(det_data.val)[0]
-        if old and "detector" not in retrain:
-            det.head.load_state_dict(old["detector"])
-            det.head.eval()
-            log["detector_curve"] = old["log"].get("detector_curve")
-        else:
-            log["detector_curve"] = train.train_detector(det.head, f16, f32, det_data.boxes, train_idx, tcfg)
-        pb, ps = train.run_detector_head(det.head, f16, f32, val_idx)
-        log["detector_val"] = train.detection_metrics(pb, ps, [det_data.boxes[i] for i in val_idx])
-        print("detector (validation scenes):", log["detector_val"])
-        # classifier: the confusion matrix comes from 5 folds over training products (each fold's
-        # products unseen by its probe), so it measures how classes generalise to NEW products; the
-        # classes it confuses are merged; then the classifier is fitted on every training product
-        fine = sources.fine_classes
-        fine_of = np.array([fine.index(sources.products[p].fine_class) for p in crop_data.product])
-        tr, va = ~crop_data.val, crop_data.val
-        fold = np.array([merge.fold_of(sources.products[p].product_id) for p in crop_data.product])
-        conf = np.zeros((len(fine), len(fine)), np.int64)
-        probe_correct = []
-        for k in range(merge.FOLDS if not old or "classifier" in retrain else 0):
-            probe = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(pooled.shape[1], len(fine)))
-            train.train_classifier(probe, pooled[tr & (fold != k)], fine_of[tr & (fold != k)], tcfg, progress=False)
-            held = (fold == k) & ~crop_data.is_catalog
-            probe.eval()
-            with torch.no_grad():
-                pred = probe(torch.from_numpy(pooled[held]).float()).argmax(1).numpy()
-            conf += merge.confusion(fine_of[held], pred, len(fine))
-            probe_correct.append(pred == fine_of[held])
-        if probe_correct:
-            held = ~crop_data.is_catalog
-            merge_map, steps = merge.merge_by_confusion(fine, conf)
-            log["category_merge"] = {"folds": merge.FOLDS, "crops": int(held.sum()),
-                                     "unseen_product_fine_accuracy": round(float(np.concatenate(probe_correct).mean()), 4),
-                                     "steps": steps, "merge_map": merge_map, "confusion": conf.tolist()}
-            print(f"categories: {len(fine)} fine classes merged into {len(set(merge_map.values()))} by the confusion "
-                  f"matrix of {int(held.sum())} crops of products unseen by their probe ({steps[-1]})")
-        if old and "classifier" not in retrain:
-            fine, merge_map = old["fine_classes"], old["merge"]
-            cls = Classifier(fine, merge_map)
-            cls.head.load_state_dict(old["classifier"])
-            log["category_merge"] = old["log"].get("category_merge")
-        else:
-            cls = Classifier(fine, merge_map)
-            log["classifier_curve"] = train.train_classifier(cls.head, pooled[tr], fine_of[tr], tcfg)[-1:]
-        with torch.no_grad():
-            pred = cls.head(torch.from_numpy(pooled[va]).float()).argmax(1).numpy()
-        log["classifier_val"] = {"fine_accuracy": round(float((pred == fine_of[va]).mean()), 4),
-                                 "category_accuracy": round(float(np.mean([merge_map[fine[a]] == merge_map[fine[b]]
-                                                                           for a, b in zip(pred, fine_of[va])])), 4)}
-        print("classifier (validation crops):", log["classifier_val"])
-        cats = [merge_map[f] for f in fine]
-        # embedder
-        emb = Embedder(tune_head=tcfg.emb_tune_head)
-        emb_feats = c32 if tcfg.emb_tune_head else pooled
-        train.pca_init(emb.proj, emb.center, pooled[tr])
-        categories = sorted(set(cats))
-        cat_of = np.array([categories.index(merge_map[sources.products[p].fine_class]) for p in crop_data.product])
-
-        def val_recall() -> dict:
-            with torch.no_grad():
-                z = torch.cat([emb.embed_features(torch.from_numpy(emb_feats[i:i + 512]).float())
-                               for i in range(0, len(emb_feats), 512)]).numpy()
-            gal = np.where(crop_data.is_catalog)[0]
-            first = {}
-            for r in gal:
-                first.setdefault(int(crop_data.product[r]), r)
-            g = np.array(list(first.values()))
-            return train.retrieval_recall(z[va], crop_data.product[va], z[g], crop_data.product[g])
-
-        log["embedder_val_pca_baseline"] = val_recall()
-        if old and "embedder" not in retrain:
-            emb = Embedder(tune_head=old["embedder"].get("tuned_head") is not None)
-            emb_feats = c32 if emb.tuned_head is not None else pooled
-            if emb.tuned_head is not None:
-                emb.tuned_head.load_state_dict(old["embedder"]["tuned_head"])
-            emb.proj.load_state_dict(old["embedder"]["proj"])
-            emb.center.copy_(old["embedder"]["center"])
-            log["embedder_curve"] = old["log"].get("embedder_curve")
-        else:
-            log["embedder_curve"] = train.train_embedder(emb, emb_feats[tr], crop_data.product[tr], crop_data.is_catalog[tr], cat_of[tr], tcfg)[-1:]
-        log["embedder_val"] = val_recall()
-        print("embedder (validation crops vs catalog):", log["embedder_val"], "PCA baseline:", log["embedder_val_pca_baseline"])
-        heads = {"detector": det.head.state_dict(), "classifier": cls.head.state_dict(), "fine_classes": fine,
-                 "merge": merge_map, "embedder": {"proj": emb.proj.state_dict(), "center": emb.center,
-                              "tuned_head": emb.tuned_head.state_dict() if emb.tuned_head is not None else None}, "log": log}
-        log["train_seconds"] = round(time.time() - t0, 1)
-        torch.save(heads, heads_path)
-    # export ------------------------------------------------------------------------------------
-    t1 = time.time()
-    repository.write(repo)
-    det = Detector()
-    det.head.load_state_dict(heads["detector"])
-    det.eval()
-    cls = Classifier(heads["fine_classes"], heads["merge"])
-    cls.head.load_state_dict(heads["classifier"])
-    emb = Embedder(tune_head=heads["embedder"].get("tuned_head") is not None)
-    if emb.tuned_head is not None:
-        emb.tuned_head.load_state_dict(heads["embedder"]["tuned_head"])
-    emb.proj.load_state_dict(heads["embedder"]["proj"])
-    emb.center.copy_(heads["embedder"]["center"])
-    rng = np.random.default_rng(seed)
-    img = lambda n, s: rng.integers(0, 256, (n, 3, s, s), dtype=np.uint8)  # noqa: E731
-    parity_log = {}
+        log: dict = {"profile": profile, "data": asdict(dcfg), "train": asdict(tcfg), "spec": {
+            "det_size": spec.DET_SIZE, "crop_size": spec.CROP_SIZE, "k": spec.MAX_OBJECTS, "embed_dim": spec.EMBED_DIM}}
+        heads = train_heads(dcfg, tcfg, build_dir, log, old, retrain)
+        heads.save(heads_path)
     todo = set(retrain or STAGES) | {m for m in STAGES if not spec.onnx_file(repo, m).exists()}
-    with torch.no_grad():
-        if "detector" in todo:
-            path = spec.onnx_file(repo, "detector")
-            m = export_torch(det, spec.DETECTOR, path, torch.from_numpy(img(1, spec.DET_SIZE)))
-            finish(m, spec.DETECTOR, path, metadata(spec.DETECTOR))
-            parity_log["detector"] = parity(path, lambda x: [t.numpy() for t in det(torch.from_numpy(x))], [img(1, spec.DET_SIZE), img(2, spec.DET_SIZE)])
-
-        if "classifier" in todo:
-            path = spec.onnx_file(repo, "classifier")
-            m = export_torch(cls, spec.CLASSIFIER, path, torch.from_numpy(img(2, spec.CROP_SIZE)), ["fine_idx", "category_idx", "category_score"])
-            add_label_outputs(m, {"fine_class": ("fine_idx", cls.fine_classes), "category": ("category_idx", cls.categories)})
-            finish(m, spec.CLASSIFIER, path, metadata(spec.CLASSIFIER, {"fine_classes": cls.fine_classes, "categories": cls.categories, "merge_map": cls.merge}))
-
-            def cls_ref(x):
-                f, c, s = cls(torch.from_numpy(x))
-                return [np.array([cls.fine_classes[i] for i in f], dtype=object), np.array([cls.categories[i] for i in c], dtype=object), s.numpy()]
-
-            parity_log["classifier"] = parity(path, cls_ref, [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
-
-        if "embedder" in todo:
-            path = spec.onnx_file(repo, "embedder")
-            m = export_torch(emb, spec.EMBEDDER, path, torch.from_numpy(img(2, spec.CROP_SIZE)))
-            finish(m, spec.EMBEDDER, path, metadata(spec.EMBEDDER))
-            parity_log["embedder"] = parity(path, lambda x: [emb(torch.from_numpy(x)).numpy()], [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
-
-    crop = build_crop_model()
-    set_metadata(crop, metadata(spec.CROP))
-    onnx.save(crop, str(spec.onnx_file(repo, "crop")))
-    log["onnx_parity_max_abs_diff"] = parity_log
-    log["export_seconds"] = round(time.time() - t1, 1)
-    text = json.dumps(log, indent=1, default=str)
-    (build_dir / "training_log.json").write_text(text)
-    (repo / "training_log.json").write_text(text)  # next to the exported models: data, config, metrics
-    print(f"exported {', '.join(sorted(todo))} and crop to {repo} (parity max |diff|: {parity_log})")
-    return log
+    export_models(heads, repo, todo, seed, heads.log)
+    write_log(heads.log, build_dir, repo)
+    return heads.log
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,8 +121,9 @@ class CropCutter:
             chunk = boxes_norm[i:i + spec.MAX_OBJECTS]
             b = np.zeros((1, spec.MAX_OBJECTS, 4), np.float32)
             b[0, :len(chunk)] = chunk
-            crops = self.session.run(["crops"], {"crop_source": src, "det_boxes": b,
-                                                 "det_scores": np.ones((1, spec.MAX_OBJECTS), np.float32), "image_size": size})[0]
+            crops = self.session.run([spec.CROPS.name], {spec.CROP_SOURCE.name: src, spec.DET_BOXES.name: b,
+                                                         spec.DET_SCORES.name: np.ones((1, spec.MAX_OBJECTS), np.float32),
+                                                         spec.IMAGE_SIZE.name: size})[0]
             out.append(crops[:len(chunk)])
         return np.concatenate(out)
 

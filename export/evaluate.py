@@ -22,61 +22,50 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from client import imaging, spec
 from export import dataset, repository
+from export.pipeline import Pipeline
 from export.products import synthetic_products
 from export.scenes import Backgrounds, make_scene
 from export.train import detection_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 KS = (1, 5, 20)
+BASELINE = "baseline"  # Runner.describe: the off-the-shelf backbone's vectors, next to the spec outputs
+CATEGORY, CATEGORY_SCORE, EMBEDDINGS = spec.CATEGORY.name, spec.CATEGORY_SCORE.name, spec.EMBEDDINGS.name
 
 
-def session(path: Path) -> ort.InferenceSession:
-    if not path.exists():
-        raise SystemExit(f"error: {path} is missing; build the models first: python -m export.build")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-class Models:
-    """The served ONNX files, run with onnxruntime the way the ensemble chains them."""
+class Runner:
+    """The served ONNX files chained in process (export.pipeline), and the off-the-shelf backbone."""
 
     def __init__(self, repo: Path, backbone: Path):
-        self.detector = session(spec.onnx_file(repo, "detector"))
-        self.crop = session(spec.onnx_file(repo, "crop"))
-        self.classifier = session(spec.onnx_file(repo, "classifier"))
-        self.embedder = session(spec.onnx_file(repo, "embedder"))
+        try:
+            self.pipeline = Pipeline(repo)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"error: {exc}") from exc
         self.baseline = dataset.BackboneRunner(backbone)
 
-    def detect(self, det_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        boxes, scores = [], []
-        for i in range(0, len(det_images), 16):
-            b, s = self.detector.run(["det_boxes", "det_scores"], {"det_image": det_images[i:i + 16]})
-            boxes.append(b); scores.append(s)
-        return np.concatenate(boxes), np.concatenate(scores)
+    def detect(self, image: Image.Image) -> dict[str, np.ndarray]:
+        """One image through preprocess, detector and crop: every tensor of those steps, by spec name."""
+        letterboxed = dict(zip((t.name for t in spec.PREPROCESS.outputs), imaging.letterbox(image)))
+        return self.pipeline.run(letterboxed, steps=(spec.DETECTOR, spec.CROP))
 
-    def cut(self, src: np.ndarray, size: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
-        """boxes [K,4] normalised to the padded square -> crops [9,...], boxes in pixels, valid."""
-        return tuple(self.crop.run(["crops", "boxes", "scores", "valid"], {
-            "crop_source": src, "det_boxes": boxes[None].astype(np.float32), "det_scores": scores[None].astype(np.float32),
-            "image_size": size}))
-
-    def describe(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        out = {"fine": [], "category": [], "category_score": [], "embedding": [], "baseline": []}
-        for i in tqdm(range(0, len(crops), 32), desc="classify+embed", unit="batch", leave=False):
-            c = crops[i:i + 32]
-            f, cat, s = self.classifier.run(["fine_class", "category", "category_score"], {"crops": c})
-            out["fine"].append(f); out["category"].append(cat); out["category_score"].append(s)
-            out["embedding"].append(self.embedder.run(["embeddings"], {"crops": c})[0])
-        out["baseline"] = [self.baseline.run(crops, batch=32, desc="baseline", outputs=("pooled",))[0]]
+    def describe(self, crops: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+        """Classifier and embedder outputs of every crop (by spec name), and under ``BASELINE`` the
+        off-the-shelf backbone's L2-normalised pooled vector."""
+        names = [t.name for t in (*spec.CLASSIFIER.outputs, *spec.EMBEDDER.outputs) if t != spec.EMBEDDER_ID]
+        out: dict[str, list] = {n: [] for n in names}
+        for i in tqdm(range(0, len(crops), batch), desc="classify+embed", unit="batch", leave=False):
+            feed = {spec.CROPS.name: crops[i:i + batch]}
+            got = self.pipeline.step(spec.CLASSIFIER.name, feed) | self.pipeline.step(spec.EMBEDDER.name, feed)
+            for n in names:
+                out[n].append(got[n])
         res = {k: np.concatenate(v) for k, v in out.items()}
-        res["baseline"] = res["baseline"] / np.linalg.norm(res["baseline"], axis=1, keepdims=True)
+        base = self.baseline.run(crops, batch=batch, desc="baseline", outputs=("pooled",))[0]
+        res[BASELINE] = base / np.linalg.norm(base, axis=1, keepdims=True)
         return res
 
 
@@ -102,17 +91,16 @@ def gallery_items(sources: dataset.Sources, n_distractors: int, seed: int) -> li
     return items
 
 
-def run_catalog(models: Models, items: list[GalleryItem]) -> dict[str, np.ndarray]:
+def run_catalog(runner: Runner, items: list[GalleryItem]) -> dict[str, np.ndarray]:
     """Each catalog image as the indexer stores it: its best detection, else the whole image."""
     crops = []
     for it in tqdm(items, desc="gallery", unit="image"):
-        det, src, size = imaging.letterbox(it.image)
-        b, s = models.detect(det)
-        c, _, sc, valid = models.cut(src, size, b[0], s[0])
+        out = runner.detect(it.image)
+        valid, scores = out[spec.VALID.name], out[spec.SCORES.name]
         rows = np.where(valid)[0]
-        best = rows[np.argmax(sc[rows])] if len(rows) else spec.NUM_ROWS - 1
-        crops.append(c[best])
-    return models.describe(np.stack(crops))
+        best = rows[np.argmax(scores[rows])] if len(rows) else spec.NUM_ROWS - 1
+        crops.append(out[spec.CROPS.name][best])
+    return runner.describe(np.stack(crops))
 
 
 @dataclass
@@ -127,7 +115,28 @@ class Query:
     det_box: tuple | None = None
 
 
-def run_scenes(models: Models, sources: dataset.Sources, n_scenes: int, seed: int):
+@dataclass
+class QuerySet:
+    queries: list[Query]  # every object of every scene
+    gt_crops: np.ndarray  # one crop per query, cut at its ground-truth box
+    det_crops: np.ndarray  # one crop per query the detector found (Query.det_row)
+    detector: dict  # detection_metrics over the scenes
+    thumbs: list[Image.Image]  # the first scenes, for examples.png
+
+
+def match_detections(boxes_px: np.ndarray, scores: np.ndarray, rows: list[int], gt: np.ndarray) -> dict[int, int]:
+    """Ground-truth object -> detection row: valid detections, highest score first, IoU >= 0.5."""
+    taken: dict[int, int] = {}
+    if len(rows) and len(gt):
+        ious = imaging.box_iou(boxes_px[rows], gt)
+        for r in np.argsort(-scores[rows]):
+            j = int(np.argmax(np.where([k in taken for k in range(len(gt))], -1, ious[r])))
+            if ious[r, j] >= 0.5 and j not in taken:
+                taken[j] = rows[r]
+    return taken
+
+
+def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: int) -> QuerySet:
     rng = np.random.default_rng(seed)
     bgs = Backgrounds(sources.eval_backgrounds)
     queries: list[Query] = []
@@ -136,22 +145,15 @@ def run_scenes(models: Models, sources: dataset.Sources, n_scenes: int, seed: in
     cutter = dataset.CropCutter()
     for i in tqdm(range(n_scenes), desc="query scenes", unit="scene"):
         scene = make_scene(sources.held_out, bgs, rng)
-        det, src, size = imaging.letterbox(scene.image)
-        b, s = models.detect(det)
-        crops, boxes_px, scores, valid = models.cut(src, size, b[0], s[0])
-        rows = [r for r in np.where(valid)[0] if r < spec.MAX_OBJECTS]
+        out = runner.detect(scene.image)
+        src, size = out[spec.CROP_SOURCE.name], out[spec.IMAGE_SIZE.name]
+        boxes_px, scores, crops = out[spec.BOXES.name], out[spec.SCORES.name], out[spec.CROPS.name]
+        rows = [r for r in np.where(out[spec.VALID.name])[0] if r < spec.MAX_OBJECTS]
         gt = np.array([o.box for o in scene.objects], np.float32).reshape(-1, 4)
-        gt_all.append(gt / float(max(size)))
-        det_boxes_all.append(b[0]); det_scores_all.append(s[0])
-        # match ground truth to valid detections, highest score first, IoU >= 0.5
-        taken: dict[int, int] = {}
-        if len(rows) and len(gt):
-            ious = imaging.box_iou(boxes_px[rows], gt)
-            for r in np.argsort(-scores[rows]):
-                j = int(np.argmax(np.where([k in taken for k in range(len(gt))], -1, ious[r])))
-                if ious[r, j] >= 0.5 and j not in taken:
-                    taken[j] = rows[r]
         gt_norm = gt / float(max(size))
+        gt_all.append(gt_norm)
+        det_boxes_all.append(out[spec.DET_BOXES.name][0]); det_scores_all.append(out[spec.DET_SCORES.name][0])
+        taken = match_detections(boxes_px, scores, rows, gt)
         if len(gt):
             gt_crops.append(cutter(src, size, gt_norm))
         for j, o in enumerate(scene.objects):
@@ -163,8 +165,9 @@ def run_scenes(models: Models, sources: dataset.Sources, n_scenes: int, seed: in
             queries.append(q)
         if len(thumbs) < 200:
             thumbs.append(scene.image)
-    det_metrics = detection_metrics(det_boxes_all, det_scores_all, gt_all)
-    return queries, np.concatenate(gt_crops), (np.stack(det_crops) if det_crops else np.zeros((0, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)), det_metrics, thumbs
+    empty = np.zeros((0, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)
+    return QuerySet(queries, np.concatenate(gt_crops), np.stack(det_crops) if det_crops else empty,
+                    detection_metrics(det_boxes_all, det_scores_all, gt_all), thumbs)
 
 
 def ranks(q: np.ndarray, g: np.ndarray, target: np.ndarray, allowed: np.ndarray | None = None, binary: bool = False) -> np.ndarray:
@@ -209,8 +212,16 @@ TRANSFORM_BINS = {
 }
 
 
-def evaluate(args) -> dict:
-    t0 = time.time()
+@dataclass
+class Setup:
+    log: dict  # the training log of the models under test
+    photoset: str | None
+    sources: dataset.Sources
+    merge_map: dict[str, str]
+
+
+def load_setup(args) -> Setup:
+    """The data the models were trained with (from their training log), with its held-out products."""
     log_path = args.repository / "training_log.json"
     if not log_path.exists():
         raise SystemExit(f"error: {log_path} is missing; build the models first: python -m export.build")
@@ -223,78 +234,87 @@ def evaluate(args) -> dict:
                          "pass --no-photoset to evaluate on generated data only")
     per_class = args.synthetic_per_class or log["data"]["synthetic_per_class"]
     dcfg = dataset.DataConfig(synthetic_per_class=per_class, photoset=photoset, seed=log["data"]["seed"])
-    sources = dataset.load_sources(dcfg)
-    models = Models(args.repository, args.build_dir / "backbone.onnx")
-    merge_map: dict = log["category_merge"]["merge_map"]
-    timings = {}
-    # gallery -------------------------------------------------------------------------------------
-    items = gallery_items(sources, args.distractors, args.seed)
-    t = time.time()
-    gal = run_catalog(models, items)
-    timings["gallery_s"] = round(time.time() - t, 1)
-    row_of = {it.product_id: i for i, it in enumerate(items) if it.product_id}
-    # queries -------------------------------------------------------------------------------------
-    t = time.time()
-    queries, gt_crops, det_crops, det_metrics, thumbs = run_scenes(models, sources, args.scenes, args.seed)
-    timings["scenes_s"] = round(time.time() - t, 1)
-    t = time.time()
-    qg = models.describe(gt_crops)
-    qd = models.describe(det_crops) if len(det_crops) else None
-    timings["query_crops_s"] = round(time.time() - t, 1)
-    target = np.array([row_of[q.product_id] for q in queries])
-    found = np.array([q.det_row is not None for q in queries])
-    det_rows = np.array([q.det_row if q.det_row is not None else 0 for q in queries])
+    return Setup(log, photoset, dataset.load_sources(dcfg), log["category_merge"]["merge_map"])
 
-    def table(space: str, filtered: float | None, binary: bool = False) -> dict:
-        """filtered: None = whole gallery; tau = search within the query's predicted category when its
-        category_score >= tau (0 = always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
-        res = {}
-        for boxes in ("detected", "ground truth"):
-            if boxes == "ground truth":
-                qv, qcat, qsc, qidx, ok = qg[space], qg["category"], qg["category_score"], np.arange(len(queries)), np.ones(len(queries), bool)
-            else:
-                if qd is None:
-                    res[boxes] = summarise(np.full(len(queries), np.inf)); continue
-                qv, qcat, qsc, qidx, ok = qd[space], qd["category"], qd["category_score"], det_rows, found
-            allowed = None
-            if filtered is not None:
-                allowed = (gal["category"][None, :] == qcat[qidx][:, None]) | (qsc[qidx] < filtered)[:, None]
-            r = ranks(qv[qidx], gal[space], target, allowed, binary)
-            r[~ok] = np.inf
-            res[boxes] = summarise(r)
-            res[boxes]["_ranks"] = r
-        return res
 
+@dataclass
+class Described:
+    """The gallery and the queries through the classifier and the embedders (Runner.describe)."""
+    gallery: dict[str, np.ndarray]
+    gt: dict[str, np.ndarray]  # query crops at ground-truth boxes
+    det: dict[str, np.ndarray] | None  # query crops at detected boxes (None: nothing detected)
+    target: np.ndarray  # each query's gallery row
+    found: np.ndarray  # bool: the detector found the query's object
+    det_rows: np.ndarray  # each query's row in ``det`` (0 when not found)
+
+
+def retrieval_table(d: Described, space: str, filtered: float | None, binary: bool = False) -> dict:
+    """Per box source, the summary and ranks of every query in embedding ``space``. filtered: None = whole
+    gallery; tau = search within the query's predicted category when its category_score >= tau (0 =
+    always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
+    n = len(d.target)
+    res = {}
+    for boxes in ("detected", "ground truth"):
+        if boxes == "ground truth":
+            q, qidx, ok = d.gt, np.arange(n), np.ones(n, bool)
+        else:
+            if d.det is None:
+                res[boxes] = summarise(np.full(n, np.inf))
+                continue
+            q, qidx, ok = d.det, d.det_rows, d.found
+        allowed = None
+        if filtered is not None:
+            allowed = (d.gallery[CATEGORY][None, :] == q[CATEGORY][qidx][:, None]) | (q[CATEGORY_SCORE][qidx] < filtered)[:, None]
+        r = ranks(q[space][qidx], d.gallery[space], d.target, allowed, binary)
+        r[~ok] = np.inf
+        res[boxes] = summarise(r)
+        res[boxes]["_ranks"] = r
+    return res
+
+
+def retrieval_metrics(d: Described) -> tuple[dict, dict]:
+    """The retrieval tables (trained embedder float and binary, baseline) and the category filter sweep."""
     tau = spec.CATEGORY_FILTER_MIN_SCORE
     policy = f"category filter if score >= {tau} (client.search)"
     results = {
-        "trained embedder, float": {"no filter": table("embedding", None), policy: table("embedding", tau),
-                                    "category filter always": table("embedding", 0.0)},
-        "trained embedder, binary (sign bits)": {"no filter": table("embedding", None, True), policy: table("embedding", tau, True)},
-        "off-the-shelf backbone (baseline)": {"no filter": table("baseline", None), policy: table("baseline", tau)},
+        "trained embedder, float": {"no filter": retrieval_table(d, EMBEDDINGS, None), policy: retrieval_table(d, EMBEDDINGS, tau),
+                                    "category filter always": retrieval_table(d, EMBEDDINGS, 0.0)},
+        "trained embedder, binary (sign bits)": {"no filter": retrieval_table(d, EMBEDDINGS, None, True),
+                                                 policy: retrieval_table(d, EMBEDDINGS, tau, True)},
+        "off-the-shelf backbone (baseline)": {"no filter": retrieval_table(d, BASELINE, None), policy: retrieval_table(d, BASELINE, tau)},
     }
-    filter_sweep = {}
+    sweep = {}
     for t in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
-        r = table("embedding", t)
-        filter_sweep[str(t)] = {"R@5 det": r["detected"]["R@5"], "R@5 gt": r["ground truth"]["R@5"],
-                                "share of queries filtered (gt)": round(float(np.mean(qg["category_score"] >= t)), 3)}
-    # classifier on ground-truth crops of held-out products
+        r = retrieval_table(d, EMBEDDINGS, t)
+        sweep[str(t)] = {"R@5 det": r["detected"]["R@5"], "R@5 gt": r["ground truth"]["R@5"],
+                         "share of queries filtered (gt)": round(float(np.mean(d.gt[CATEGORY_SCORE] >= t)), 3)}
+    return results, sweep
+
+
+def classifier_metrics(d: Described, queries: list[Query], setup: Setup, row_of: dict[str, int]) -> dict:
+    """The classifier on ground-truth crops of held-out products, and on their catalog images."""
+    merge_map = setup.merge_map
     known = np.array([q.fine_class in merge_map for q in queries])
-    fine_ok = np.array([f == q.fine_class for f, q in zip(qg["fine"], queries)])
-    cat_ok = np.array([q.fine_class in merge_map and c == merge_map[q.fine_class] for c, q in zip(qg["category"], queries)])
-    agree = qg["category"] == gal["category"][target]
-    classifier = {
+    fine_ok = np.array([f == q.fine_class for f, q in zip(d.gt[spec.FINE_CLASS.name], queries)])
+    cat_ok = np.array([q.fine_class in merge_map and c == merge_map[q.fine_class] for c, q in zip(d.gt[CATEGORY], queries)])
+    agree = d.gt[CATEGORY] == d.gallery[CATEGORY][d.target]
+    return {
         "queries_of_known_fine_class": int(known.sum()), "queries_of_unseen_fine_class": int((~known).sum()),
         "fine_accuracy (known classes)": round(float(fine_ok[known].mean()), 4) if known.any() else None,
         "category_accuracy (known classes)": round(float(cat_ok[known].mean()), 4) if known.any() else None,
         "query category == its catalog image's category (all)": round(float(agree.mean()), 4),
         "catalog images: category accuracy (held-out products of known classes)": round(float(np.mean([
-            gal["category"][row_of[p.product_id]] == merge_map[p.fine_class] for p in sources.held_out if p.fine_class in merge_map])), 4),
+            d.gallery[CATEGORY][row_of[p.product_id]] == merge_map[p.fine_class]
+            for p in setup.sources.held_out if p.fine_class in merge_map])), 4),
     }
-    per_transform = {}
+
+
+def per_transform_metrics(results: dict, queries: list[Query], found: np.ndarray) -> dict:
+    """Recall of the trained embedder (no filter) and of the baseline, per bin of each scene transform."""
     trained_det = results["trained embedder, float"]["no filter"]["detected"]["_ranks"]
     trained_gt = results["trained embedder, float"]["no filter"]["ground truth"]["_ranks"]
     base_det = results["off-the-shelf backbone (baseline)"]["no filter"]["detected"]["_ranks"]
+    per_transform = {}
     for name, fn in TRANSFORM_BINS.items():
         bins: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
@@ -305,43 +325,77 @@ def evaluate(args) -> dict:
                                    "R@1 gt": round(float(np.mean(trained_gt[ix] <= 1)), 3),
                                    "baseline R@1 det": round(float(np.mean(base_det[ix] <= 1)), 3)}
                                for b, ix in sorted(bins.items())}
+    return per_transform
+
+
+def evaluate(args) -> dict:
+    t0 = time.time()
+    setup = load_setup(args)
+    sources = setup.sources
+    runner = Runner(args.repository, args.build_dir / "backbone.onnx")
+    timings = {}
+    items = gallery_items(sources, args.distractors, args.seed)
+    t = time.time()
+    gallery = run_catalog(runner, items)
+    timings["gallery_s"] = round(time.time() - t, 1)
+    row_of = {it.product_id: i for i, it in enumerate(items) if it.product_id}
+    t = time.time()
+    qs = run_scenes(runner, sources, args.scenes, args.seed)
+    timings["scenes_s"] = round(time.time() - t, 1)
+    t = time.time()
+    gt = runner.describe(qs.gt_crops)
+    det = runner.describe(qs.det_crops) if len(qs.det_crops) else None
+    timings["query_crops_s"] = round(time.time() - t, 1)
+    queries = qs.queries
+    d = Described(gallery, gt, det, np.array([row_of[q.product_id] for q in queries]),
+                  np.array([q.det_row is not None for q in queries]),
+                  np.array([q.det_row if q.det_row is not None else 0 for q in queries]))
+    results, filter_sweep = retrieval_metrics(d)
+    classifier = classifier_metrics(d, queries, setup, row_of)
+    per_transform = per_transform_metrics(results, queries, d.found)
     timings["total_s"] = round(time.time() - t0, 1)
     metrics = {
-        "setup": {"profile": log.get("profile"), "photoset": photoset, "seed": args.seed,
+        "setup": {"profile": setup.log.get("profile"), "photoset": setup.photoset, "seed": args.seed,
                   "training_products": len(sources.products), "held_out_products": len(sources.held_out),
                   "gallery": len(items), "distractors": sum(it.kind == "distractor" for it in items),
                   "query_scenes": args.scenes, "query_objects": len(queries),
-                  "eval_background_photos": len(sources.eval_backgrounds), "categories": len(set(merge_map.values())),
+                  "eval_background_photos": len(sources.eval_backgrounds), "categories": len(set(setup.merge_map.values())),
                   "score_threshold": spec.SCORE_THRESHOLD},
-        "detector": det_metrics, "detector_found_queries": round(float(found.mean()), 4),
+        "detector": qs.detector, "detector_found_queries": round(float(d.found.mean()), 4),
         "classifier": classifier, "retrieval": results, "category_filter_sweep": filter_sweep, "per_transform": per_transform, "timings": timings,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    examples(args.out / "examples.png", queries, thumbs, items, gal, qd, target, det_rows, found)
+    examples(args.out / "examples.png", queries, qs.thumbs, items, d)
+    return write_metrics(args.out, metrics)
+
+
+def write_metrics(out: Path, metrics: dict) -> dict:
+    """metrics.json and report.md (without the per-query ranks); returns what was written."""
     clean = json.loads(json.dumps(metrics, default=lambda o: None))
     for v in clean["retrieval"].values():
         for w in v.values():
             for x in w.values():
                 x.pop("_ranks", None)
-    (args.out / "metrics.json").write_text(json.dumps(clean, indent=1))
-    (args.out / "report.md").write_text(report(clean))
+    (out / "metrics.json").write_text(json.dumps(clean, indent=1))
+    (out / "report.md").write_text(report(clean))
     return clean
 
 
-def examples(path: Path, queries, thumbs, items, gal, qd, target, det_rows, found, n: int = 8) -> None:
+def examples(path: Path, queries: list[Query], thumbs, items: list[GalleryItem], d: Described, n: int = 8) -> None:
     """Rows of: the query scene with its box, then the top-5 catalog images (the right one framed green)."""
-    if qd is None:
+    if d.det is None:
         return
-    cand = [i for i, q in enumerate(queries) if found[i] and q.scene < len(thumbs)]
+    cand = [i for i, q in enumerate(queries) if d.found[i] and q.scene < len(thumbs)]
     if not cand:
         return
-    sims = qd["embedding"][det_rows[cand]] @ gal["embedding"].T
+    sims = d.det[EMBEDDINGS][d.det_rows[cand]] @ d.gallery[EMBEDDINGS].T
+    target = d.target
     top = np.argsort(-sims, axis=1)[:, :5]
     hit = top[:, 0] == target[cand]
     pick = [c for c, h in zip(range(len(cand)), hit) if h][: n // 2] + [c for c, h in zip(range(len(cand)), hit) if not h][: n // 2]
     cell = 150
     sheet = Image.new("RGB", (cell * 6 + 20, cell * len(pick)), "white")
-    d = ImageDraw.Draw(sheet)
+    draw = ImageDraw.Draw(sheet)
     for row, c in enumerate(pick):
         q = queries[cand[c]]
         sc = thumbs[q.scene].copy()
@@ -354,8 +408,8 @@ def examples(path: Path, queries, thumbs, items, gal, qd, target, det_rows, foun
             x, y = 20 + cell * (k + 1), row * cell
             sheet.paste(im, (x + 6, y + 6))
             if g == target[cand[c]]:
-                d.rectangle([x + 1, y + 1, x + cell - 2, y + cell - 2], outline=(0, 170, 0), width=5)
-            d.text((x + 6, y + cell - 14), f"{sims[c, g]:.2f}", fill=(0, 0, 0))
+                draw.rectangle([x + 1, y + 1, x + cell - 2, y + cell - 2], outline=(0, 170, 0), width=5)
+            draw.text((x + 6, y + cell - 14), f"{sims[c, g]:.2f}", fill=(0, 0, 0))
     sheet.save(path)
 
 

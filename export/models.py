@@ -145,9 +145,6 @@ class Classifier(nn.Module):
             m[i, self.categories.index(merge[c])] = 1.0
         self.register_buffer("merge_matrix", m)
 
-    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled)
-
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         probs = torch.softmax(self.head(self.backbone.pooled(crops)), dim=1)
         cat_probs = probs @ self.merge_matrix

@@ -1,6 +1,7 @@
 """torch -> ONNX with the spec's names, dynamic batch axes, metadata_props and a parity check."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -67,6 +68,25 @@ def add_label_outputs(m: onnx.ModelProto, mapping: dict[str, tuple[str, list[str
         dims = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]
         graph.output.remove(old)
         graph.output.append(helper.make_tensor_value_info(out_name, TensorProto.STRING, dims))
+
+
+def weights_id(m: onnx.ModelProto, version: int = spec.EMBEDDER_VERSION) -> str:
+    """``v<version>-<16 hex digits>``: a sha256 over the graph's initializers (name and raw bytes, sorted
+    by name), so a deterministic build gives the same id and any other weights give another."""
+    h = hashlib.sha256()
+    for init in sorted(m.graph.initializer, key=lambda t: t.name):
+        h.update(init.name.encode())
+        h.update(numpy_helper.to_array(init).tobytes())
+    return f"v{version}-{h.hexdigest()[:16]}"
+
+
+def add_constant_output(m: onnx.ModelProto, tensor: spec.Tensor, value: str) -> None:
+    """Adds the STRING output ``tensor`` holding ``value``, a Constant node of the graph."""
+    if tensor.dtype != "STRING" or tensor.dims != (1,):
+        raise ValueError(f"{tensor.name}: a constant output is STRING [1], not {tensor.dtype} {list(tensor.dims)}")
+    const = helper.make_tensor(f"{tensor.name}_value", TensorProto.STRING, [1], [value.encode()])
+    m.graph.node.append(helper.make_node("Constant", [], [tensor.name], value=const))
+    m.graph.output.append(helper.make_tensor_value_info(tensor.name, TensorProto.STRING, list(tensor.dims)))
 
 
 def reorder_outputs(m: onnx.ModelProto, model: spec.ModelSpec) -> None:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -55,33 +54,40 @@ def test_each_product_in_generated_scenes_is_in_its_objects_top5(client, indexed
                 lines.append(f"{name} {obj['product_id']}: {'ok' if ok else 'MISSED'} iou={box_iou(match.box, obj['box']):.2f} top5={ids}")
     print("\n".join(lines))
     assert total >= 15
-    # measured with the quick profile: 16/18 (the two misses are detector misses); quality bars are issue #3's
+    # a floor for this small generated set, not a quality bar (export.evaluate measures quality); quick profile: 16/18
     assert found / total >= 0.8, "\n".join(lines)
 
 
 def test_ensemble_equals_running_the_onnx_files_directly(client, built, demo):
+    from export.pipeline import Pipeline
+
     data = (demo / "queries" / "scene_1.jpg").read_bytes()
-    got = client._client.infer(spec.ENSEMBLE, [_bytes_input(data)])
-    det, src, size = imaging.letterbox(imaging.decode(data))
-    run = lambda name, feed: ort.InferenceSession(str(spec.onnx_file(built, name))).run(None, feed)  # noqa: E731
-    boxes, scores = run("detector", {"det_image": det})
-    crops, rows, row_scores, valid = run("crop", {"crop_source": src, "det_boxes": boxes, "det_scores": scores, "image_size": size})
-    fine, cat, cat_score = run("classifier", {"crops": crops})
-    emb, = run("embedder", {"crops": crops})
-    np.testing.assert_allclose(got.as_numpy("boxes"), rows, atol=1e-3)
-    np.testing.assert_array_equal(got.as_numpy("valid"), valid)
-    np.testing.assert_allclose(got.as_numpy("embeddings"), emb, atol=1e-5)
-    np.testing.assert_allclose(got.as_numpy("category_score"), cat_score, atol=1e-5)
-    assert [c.decode() for c in got.as_numpy("category")] == list(cat)
+    pipeline = Pipeline(built)
+    raw, ref = client.outputs(data, "scene_1.jpg"), pipeline.outputs(data)
+    assert set(raw) == set(ref) == {t.name for t in spec.ENSEMBLE_OUTPUTS}
+    np.testing.assert_allclose(raw[spec.BOXES.name], ref[spec.BOXES.name], atol=1e-3)  # every row
+    np.testing.assert_array_equal(raw[spec.VALID.name], ref[spec.VALID.name])
+    np.testing.assert_allclose(raw[spec.EMBEDDINGS.name], ref[spec.EMBEDDINGS.name], atol=1e-5)
+    np.testing.assert_allclose(raw[spec.CATEGORY_SCORE.name], ref[spec.CATEGORY_SCORE.name], atol=1e-5)
+    assert [c.decode() for c in raw[spec.CATEGORY.name]] == [_text(c) for c in ref[spec.CATEGORY.name]]
+    valid = ref[spec.VALID.name]
     assert valid[:spec.MAX_OBJECTS].any() and not valid[spec.MAX_OBJECTS]  # detections, so no whole-image row
+    got = client.infer(data, "scene_1.jpg")
+    want = pipeline.infer(data)
+    assert [o.whole_image for o in got.objects] == [o.whole_image for o in want.objects]
+    np.testing.assert_allclose([o.box for o in got.objects], [o.box for o in want.objects], atol=1e-3)
+    np.testing.assert_allclose([o.score for o in got.objects], [o.score for o in want.objects], atol=1e-5)
+    np.testing.assert_allclose([o.embedding for o in got.objects], [o.embedding for o in want.objects], atol=1e-5)
+    np.testing.assert_allclose(got.image_embedding, want.image_embedding, atol=1e-5)
+    np.testing.assert_allclose([o.category_score for o in got.objects], [o.category_score for o in want.objects], atol=1e-5)
+    assert [o.category for o in got.objects] == [o.category for o in want.objects]
+    assert [o.fine_class for o in got.objects] == [o.fine_class for o in want.objects]
+    assert got.embedder_id == want.embedder_id == client.embedder_id()
+    assert got.objects and not any(o.whole_image for o in got.objects)
 
 
-def _bytes_input(data: bytes):
-    import tritonclient.grpc as grpcclient
-
-    inp = grpcclient.InferInput("image_bytes", [1], "BYTES")
-    inp.set_data_from_numpy(np.array([data], dtype=object))
-    return inp
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def test_blank_image_gives_one_whole_image_object(client):

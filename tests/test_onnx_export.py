@@ -19,13 +19,9 @@ def torch_models(built):
     torch = pytest.importorskip("torch")
     if not HEADS.exists():
         pytest.skip(f"{HEADS} missing (models were built elsewhere)")
-    from export.models import Classifier, Detector, Embedder
+    from export.checkpoint import Heads
 
-    heads = torch.load(HEADS, map_location="cpu", weights_only=False)
-    det = Detector(); det.head.load_state_dict(heads["detector"])
-    cls = Classifier(heads["fine_classes"], heads["merge"]); cls.head.load_state_dict(heads["classifier"])
-    emb = Embedder(); emb.proj.load_state_dict(heads["embedder"]["proj"]); emb.center.copy_(heads["embedder"]["center"])
-    return torch, det.eval(), cls.eval(), emb.eval()
+    return (torch, *Heads.load(HEADS).models())
 
 
 def _session(built, name):
@@ -37,24 +33,25 @@ def test_detector_and_embedder_match_torch(built, torch_models, batch):
     torch, det, _, emb = torch_models
     rng = np.random.default_rng(batch)
     x = rng.integers(0, 256, (batch, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8)
-    boxes, scores = _session(built, "detector").run(None, {"det_image": x})
+    boxes, scores = _session(built, spec.DETECTOR.name).run(None, {spec.DET_IMAGE.name: x})
     with torch.no_grad():
         tb, ts = det(torch.from_numpy(x))
     assert boxes.shape == (batch, spec.MAX_OBJECTS, 4)
     np.testing.assert_allclose(boxes, tb.numpy(), atol=1e-4)
     np.testing.assert_allclose(scores, ts.numpy(), atol=1e-4)
     c = rng.integers(0, 256, (batch + 4, 3, spec.CROP_SIZE, spec.CROP_SIZE), dtype=np.uint8)
-    e, = _session(built, "embedder").run(None, {"crops": c})
+    e, emb_id = _session(built, spec.EMBEDDER.name).run(None, {spec.CROPS.name: c})
     with torch.no_grad():
         np.testing.assert_allclose(e, emb(torch.from_numpy(c)).numpy(), atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert emb_id.shape == spec.EMBEDDER_ID.dims and emb_id[0].startswith(f"v{spec.EMBEDDER_VERSION}-")
 
 
 @pytest.mark.parametrize("batch", [1, spec.NUM_ROWS])
 def test_classifier_names_match_torch_indices(built, torch_models, batch):
     torch, _, cls, _ = torch_models
     c = np.random.default_rng(0).integers(0, 256, (batch, 3, spec.CROP_SIZE, spec.CROP_SIZE), dtype=np.uint8)
-    fine, cat, score = _session(built, "classifier").run(None, {"crops": c})
+    fine, cat, score = _session(built, spec.CLASSIFIER.name).run(None, {spec.CROPS.name: c})
     with torch.no_grad():
         f, k, s = cls(torch.from_numpy(c))
     assert list(fine) == [cls.fine_classes[i] for i in f] and list(cat) == [cls.categories[i] for i in k]
@@ -68,7 +65,7 @@ def test_every_onnx_file_carries_its_metadata(built):
         meta = read_metadata(spec.onnx_file(built, m.name))
         assert meta["model"] == m.name and meta["embedding_dim"] == str(spec.EMBED_DIM)
         assert json.loads(meta["normalization"])["mean"] == list(spec.MEAN)
-    meta = read_metadata(spec.onnx_file(built, "classifier"))
+    meta = read_metadata(spec.onnx_file(built, spec.CLASSIFIER.name))
     merge = json.loads(meta["merge_map"])
     assert set(json.loads(meta["fine_classes"])) == set(merge) and set(merge.values()) == set(json.loads(meta["categories"]))
 
@@ -78,3 +75,19 @@ def test_onnx_io_names_are_the_spec(built):
         s = _session(built, m.name)
         assert [i.name for i in s.get_inputs()] == [t.name for t in m.inputs]
         assert [o.name for o in s.get_outputs()] == [t.name for t in m.outputs]
+
+
+def test_embedder_id_is_the_hash_of_its_weights_in_graph_and_metadata(built):
+    import onnx
+
+    from export.onnx_export import read_metadata, weights_id
+
+    path = spec.onnx_file(built, spec.EMBEDDER.name)
+    emb_id, = _session(built, spec.EMBEDDER.name).run([spec.EMBEDDER_ID.name], {spec.CROPS.name: np.zeros((1, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)})
+    assert emb_id.tolist() == [read_metadata(path)[spec.EMBEDDER_ID.name]] == [weights_id(onnx.load(str(path)))]
+    changed = onnx.load(str(path))
+    w = next(i for i in changed.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr.flat[0] += 1.0
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    assert weights_id(changed) != emb_id[0]  # other weights, another id

@@ -1,5 +1,6 @@
 """Product split, category merge by confusion, and generated query transforms."""
 import numpy as np
+import pytest
 
 from export import dataset, merge
 from export.products import product_split, synthetic_products
@@ -48,3 +49,23 @@ def test_scene_objects_record_their_transforms():
             x1, y1, x2, y2 = o.box
             assert 0 <= x1 < x2 <= scene.image.width and 0 <= y1 < y2 <= scene.image.height
     assert {"perspective", "colour", "blur", "noise", "contrast", "occlusion"} <= seen
+
+
+def test_heads_round_trip_and_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
+    torch = pytest.importorskip("torch")
+    from export.checkpoint import CheckpointError, Heads
+
+    heads = Heads({"w": torch.ones(2)}, {"v": torch.zeros(3)}, ["a", "b"], {"a": "x", "b": "x"}, {"p": torch.eye(2)},
+                  torch.arange(4.0), None, {"profile": "test"})
+    heads.save(tmp_path / "heads.pt")
+    back = Heads.load(tmp_path / "heads.pt")
+    assert back.fine_classes == ["a", "b"] and back.merge == heads.merge and back.log == {"profile": "test"}
+    assert torch.equal(back.embedder_center, heads.embedder_center) and back.embedder_tuned_head is None
+    with pytest.raises(CheckpointError, match=r"nothing\.pt: no trained heads"):
+        Heads.load(tmp_path / "nothing.pt")
+    torch.save({"detector": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a heads file .*missing \['classifier'"):
+        Heads.load(tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"text\.pt: not a heads file"):
+        Heads.load(tmp_path / "text.pt")

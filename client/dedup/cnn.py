@@ -111,6 +111,13 @@ class CNN(Method):
     def dim(self) -> int:
         return self.client.dim if self.client is not None else spec.EMBED_DIM
 
+    @property
+    def store_key(self) -> str:
+        """Vectors of one embedder per collection: after a new embedder, every file is encoded again."""
+        if self.client is None:
+            return self.name
+        return f"{self.name}_" + "".join(c if c.isalnum() else "_" for c in self.client.embedder_id())
+
     def feature(self, img: Image.Image):
         raise TypeError("the cnn feature comes from Triton: use encode()")
 
