@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from client.store.engine import POINT_NAMESPACE, Engine, StoreError, check_distance, open_engine
+from client.store.engine import POINT_NAMESPACE, Collection, Engine, StoreError, check_distance, open_engine
 
 DEDUP_PATH = Path("data") / "dedup"
 
@@ -21,7 +21,7 @@ def dedup_point_id(path: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"dedup:{path}"))
 
 
-class DedupStore:
+class DedupStore(Collection):
     """One collection of per-file features. Opens the engine from ``url``/``path``/``api_key`` (see
     ``open_engine``; the embedded folder defaults to $DEDUP_PATH), or takes over ``engine``."""
 
@@ -45,15 +45,6 @@ class DedupStore:
         except BaseException:
             self.engine.close()
             raise
-
-    def close(self) -> None:
-        self.engine.close()
-
-    def __enter__(self) -> "DedupStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def count(self) -> int:
         return self.engine.count(self.collection)

@@ -182,3 +182,18 @@ def open_engine(*, url: str | None = None, path: str | Path | None = None, api_k
         raise StoreError("the embedded Qdrant engine needs `qdrant-edge-py` (pip install qdrant-edge-py==0.9.0), "
                          "or set QDRANT_URL to use a Qdrant server") from exc
     return EdgeEngine(Path(path or os.environ.get(path_env) or default_path))
+
+
+class Collection:
+    """What a store over one engine shares: it owns the engine and closes it, as a context manager too."""
+
+    engine: Engine
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from client import spec
-from client.store.engine import POINT_NAMESPACE, Engine, StoreError, Where, open_engine
+from client.store.engine import POINT_NAMESPACE, Collection, Engine, StoreError, Where, open_engine
 
 ALIAS = "products"
 KEYWORD_FIELDS = ("product_id", "category", "fine_category", "sha256", "path")
@@ -65,7 +65,7 @@ def _category(category: str | None) -> Where | None:
     return None if category is None else Where(must={"category": [category]})
 
 
-class QdrantStore:
+class QdrantStore(Collection):
     """The products collection. Opens the engine from ``url``/``path``/``api_key`` (see ``open_engine``),
     or takes over ``engine`` (closed with the store)."""
 
@@ -77,15 +77,6 @@ class QdrantStore:
         self.collection = spec.collection_name(version)
         self.alias = alias
         self.where = self.engine.where
-
-    def close(self) -> None:
-        self.engine.close()
-
-    def __enter__(self) -> "QdrantStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def exists(self) -> bool:
         return self.engine.exists(self.collection)
