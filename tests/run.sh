@@ -7,6 +7,7 @@ start=$(date +%s)
 bash deploy/setup.sh
 PY=.venv/bin/python
 $PY -m export.repository --check
+$PY -m export.reference --check
 $PY -m export.build --profile quick
 $PY -m pytest -ra "$@"
 echo "tests finished in $(( $(date +%s) - start )) s"
