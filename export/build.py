@@ -163,12 +163,17 @@ def merge_categories(data: TrainingData, tcfg: "train.TrainConfig", log: dict) -
         conf += merge.confusion(fine_of[held], pred, len(fine))
         probe_correct.append(pred == fine_of[held])
     held = ~crops.is_catalog
-    merge_map, steps = merge.merge_by_confusion(fine, conf)
+    # the size cap counts products (a category's share of the catalog), the accuracy counts crops
+    products = np.array([sum(p.fine_class == c for p in data.sources.products) for c in fine])
+    result = merge.merge_by_confusion(fine, conf, sizes=products)
+    merge_map = result.mapping
     log["category_merge"] = {"folds": merge.FOLDS, "crops": int(held.sum()),
                              "unseen_product_fine_accuracy": round(float(np.concatenate(probe_correct).mean()), 4),
-                             "steps": steps, "merge_map": merge_map, "confusion": conf.tolist()}
-    print(f"categories: {len(fine)} fine classes merged into {len(set(merge_map.values()))} by the confusion "
-          f"matrix of {int(held.sum())} crops of products unseen by their probe ({steps[-1]})")
+                             **result.log(), "merge_map": merge_map, "confusion": conf.tolist(), "fine_classes": fine}
+    print(f"categories: {len(fine)} fine classes merged into {len(result.categories)} by the confusion matrix of "
+          f"{int(held.sum())} crops of products unseen by their probe: {result.stop}")
+    for name, c in result.categories.items():
+        print(f"  {name}: {c['share']:.0%} of the products, accuracy {c['accuracy']}, {len(c['members'])} fine classes")
     return merge_map
 
 

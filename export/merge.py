@@ -1,19 +1,31 @@
 """Categories from the classifier's confusion matrix: merge the fine classes the model confuses.
 
 The matrix comes from crops of products the classifier was not fitted on (cross-validation folds by
-product), so it measures how well a class generalises to new products of that class, which is what a category
-filter at search time needs. Greedy agglomeration: while merged accuracy is below ``target`` (or a
-pair of groups is confused more than ``max_pair_confusion`` of the time), merge the two groups with
-the highest mutual confusion rate.
+product), so it measures how well a class generalises to new products of that class, which is what a
+category filter at search time needs.
+
+Average-linkage agglomeration on a symmetric confusion similarity: ``s[i, j]`` is the mean of the two
+rates "a crop of i is predicted j" and "a crop of j is predicted i" (each row normalised by its class's
+crops, so a large class does not dominate), and two groups are as similar as the mean ``s`` over their
+member pairs. A group's similarity to the others does not grow as it absorbs classes, so one category
+cannot snowball; on top of that no merge may make a category hold more than ``MAX_CATEGORY_SHARE`` of
+the catalog. The most similar pair is merged while merged accuracy is below ``target`` or some pair is
+more similar than ``max_pair_confusion``, and while a pair more similar than ``MIN_SIMILARITY`` may
+still merge. When the cap stops the merge short of ``target``, the cap wins and the result says so.
 """
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 FOLDS = 5
+MAX_CATEGORY_SHARE = 0.40  # no category holds more than this share of the catalog (issue 9)
+TARGET_ACCURACY = 0.95  # merged accuracy on unseen products at which merging may stop
+MAX_PAIR_CONFUSION = 0.20  # ... unless two groups are still confused more than this (similarity s)
+MIN_SIMILARITY = 0.005  # pairs confused less than this are not worth merging: nothing confusable remains
 
 
 def fold_of(product_id: str) -> int:
@@ -27,67 +39,161 @@ def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     return m
 
 
-def _name(members: list[str], taken: set[str]) -> str:
-    """Common leading tokens of the member names (``animals-birds`` + ``animals-fish`` -> ``animals``),
-    else the members joined by ``+``."""
-    if len(members) == 1:
-        return members[0]
-    tokens = [re.split(r"[-_]", m) for m in members]
+def similarity(conf: np.ndarray) -> np.ndarray:
+    """Symmetric confusion similarity of fine classes: the mean of the two row-normalised confusion
+    rates (zero diagonal)."""
+    conf = np.asarray(conf, float)
+    rate = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    s = (rate + rate.T) / 2
+    np.fill_diagonal(s, 0.0)
+    return s
+
+
+# --- names ----------------------------------------------------------------------------------------
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[-_ ]", name) if t]
+
+
+def _common_prefix(members: list[str]) -> str:
     common = []
-    for parts in zip(*tokens):
+    for parts in zip(*(_tokens(m) for m in members)):
         if len(set(parts)) != 1:
             break
         common.append(parts[0])
-    if common:
-        name = "-".join(common)
-    else:  # the leading tokens of the members, most frequent first: "animals+food+plants+3"
-        heads: dict[str, int] = {}
-        for t in tokens:
-            heads[t[0]] = heads.get(t[0], 0) + 1
-        top = sorted(heads, key=lambda h: (-heads[h], h))
-        name = "+".join(top[:3]) + (f"+{len(top) - 3}" if len(top) > 3 else "")
-    base, i = name, 2
-    while name in taken:
-        name, i = f"{base}-{i}", i + 1
-    return name
+    return "-".join(common)
 
 
-def merge_by_confusion(classes: list[str], conf: np.ndarray, *, target: float = 0.97,
-                       max_pair_confusion: float = 0.25) -> tuple[dict[str, str], list[dict]]:
-    """Returns (fine class -> category, the merge steps with the accuracy after each)."""
-    groups: list[list[int]] = [[i] for i in range(len(classes))]
+def _listing(members: list[str], size: dict[str, float], collapse: bool) -> str:
+    """The two largest labels and how many member classes the name leaves out: ``animals, vehicles (+3)``.
+    With ``collapse``, members that share a leading token and are not alone count as one label (the token)."""
+    labels: dict[str, list[str]] = {}
+    for m in members:
+        head = _tokens(m)[0] if _tokens(m) else m
+        labels.setdefault(head if collapse else m, []).append(m)
+    if collapse:  # a head with one member keeps the member's own name
+        labels = {(k if len(v) > 1 else v[0]): v for k, v in labels.items()}
+    top = sorted(labels, key=lambda k: (-sum(size[m] for m in labels[k]), k))[:2]
+    rest = len(members) - sum(len(labels[k]) for k in top)
+    return ", ".join(top) + (f" (+{rest})" if rest else "")
+
+
+def category_names(groups: list[list[str]], size: dict[str, float]) -> list[str]:
+    """A readable, unique name per group of fine classes, after its members: the member itself; the common
+    leading tokens of the members' names (``plants-flowers`` + ``plants-mushrooms`` -> ``plants``); else
+    the two largest members (members sharing a leading token count as that token) and a count of the
+    others (``animals, vehicles (+3)``). A name another group could claim too (a fine class of another
+    group, or a shared prefix) falls back to listing the members, then to a number."""
+    others_of = lambda g: {m for h in groups if h is not g for m in h}  # noqa: E731
+    names: list[str] = []
+    order = sorted(range(len(groups)), key=lambda i: (-sum(size[m] for m in groups[i]), sorted(groups[i])))
+    out: dict[int, str] = {}
+    for i in order:
+        members = sorted(groups[i])
+        if len(members) == 1:
+            candidates = [members[0]]
+        else:
+            prefix = _common_prefix(members)
+            others = others_of(groups[i])
+            claimed = {_tokens(o)[0] for o in others if _tokens(o)} | others
+            candidates = [prefix] if prefix and prefix not in claimed else []
+            candidates += [c for c in (_listing(members, size, collapse=True), _listing(members, size, collapse=False))
+                           if c != prefix]
+        name = next((c for c in candidates if c not in names), None)
+        k = 2
+        while name is None or name in names:
+            name, k = f"{candidates[0]} #{k}", k + 1
+        names.append(name)
+        out[i] = name
+    return [out[i] for i in range(len(groups))]
+
+
+# --- the merge --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CategoryMerge:
+    """The outcome of ``merge_by_confusion``: ``mapping`` (fine class -> category) and what the log shows."""
+    mapping: dict[str, str]
+    steps: list[dict]  # each merge: the two groups, their similarity, accuracy and size after
+    categories: dict[str, dict]  # name -> members, crops, share of the catalog, accuracy on the probes
+    accuracy: float  # merged accuracy on the probes' crops
+    fine_accuracy: float
+    stop: str  # why merging stopped
+    cap_limited: bool  # the size cap stopped the merge short of the accuracy target
+    max_share: float
+    target: float
+
+    def log(self) -> dict:
+        """For the training log (the mapping is logged as ``merge_map`` next to it)."""
+        return {"merged_accuracy": self.accuracy, "categories": self.categories, "stop": self.stop,
+                "cap_limited": self.cap_limited, "max_share": self.max_share, "target_accuracy": self.target,
+                "steps": self.steps}
+
+
+def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarray | None = None,
+                       target: float = TARGET_ACCURACY, max_pair_confusion: float = MAX_PAIR_CONFUSION,
+                       max_share: float = MAX_CATEGORY_SHARE, min_similarity: float = MIN_SIMILARITY) -> CategoryMerge:
+    """Average-linkage merge of the fine ``classes`` by their confusion matrix ``conf`` (rows: true class,
+    columns: predicted; counts). ``sizes``: each class's weight in the catalog for the size cap (e.g. its
+    products; default: its crops, the row sums). Deterministic: ties go to the pair that comes first."""
+    conf = np.asarray(conf)
+    n = len(classes)
+    if conf.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {conf.shape} for {n} classes")
+    if len(set(classes)) != n:
+        raise ValueError("class names must be unique")
+    if not 0 < max_share <= 1:
+        raise ValueError(f"max_share must be in (0, 1], got {max_share}")
+    crops = conf.sum(1).astype(float)
+    sizes = crops if sizes is None else np.asarray(sizes, float)
+    if sizes.shape != (n,) or (sizes < 0).any() or not sizes.sum() > 0:
+        raise ValueError(f"sizes must be {n} non-negative numbers, not all zero")
+    cap = max_share * sizes.sum()
+    s = similarity(conf)
+    total = max(float(conf.sum()), 1.0)
+    groups: list[list[int]] = [[i] for i in range(n)]
+
+    def accuracy(gs: list[list[int]]) -> float:
+        return float(sum(conf[np.ix_(g, g)].sum() for g in gs) / total) if conf.sum() else 1.0
+
+    def link(a: list[int], b: list[int]) -> float:
+        return float(s[np.ix_(a, b)].mean())
+
     steps: list[dict] = []
-
-    def grouped() -> np.ndarray:
-        a = np.zeros((len(classes), len(groups)))
-        for g, members in enumerate(groups):
-            a[members, g] = 1
-        return a.T @ conf @ a
-
+    acc = accuracy(groups)
+    stop, cap_limited = "one category left", False
     while len(groups) > 1:
-        g = grouped()
-        total = g.sum()
-        acc = float(np.trace(g) / total) if total else 1.0
-        support = g.sum(1) + g.sum(0)
-        rate = (g + g.T) / np.maximum(support[:, None] + support[None, :], 1)
-        np.fill_diagonal(rate, -1)
-        a, b = np.unravel_index(int(np.argmax(rate)), rate.shape)
-        if acc >= target and rate[a, b] < max_pair_confusion:
+        best, best_any = None, 0.0
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                v = link(groups[a], groups[b])
+                best_any = max(best_any, v)
+                if sizes[groups[a] + groups[b]].sum() <= cap + 1e-9 and (best is None or v > best[0]):
+                    best = (v, a, b)
+        if acc >= target and best_any <= max_pair_confusion:
+            stop = f"merged accuracy {acc:.4f} >= {target} and no pair confused more than {max_pair_confusion}"
             break
-        if rate[a, b] <= 0:
+        if best is None or best[0] < min_similarity:
+            # best_any >= min_similarity here means a confused pair exists that the size cap blocks
+            cap_limited = best_any >= min_similarity
+            stop = (f"merged accuracy {acc:.4f}: the size cap ({max_share:.0%} of the catalog) blocks the remaining "
+                    f"confused pairs (target {target})" if cap_limited else
+                    f"merged accuracy {acc:.4f}: nothing confusable remains (no pair similarity >= {min_similarity})")
             break
-        a, b = sorted((int(a), int(b)))
-        merged = groups[a] + groups[b]
-        steps.append({"merged": [[classes[i] for i in groups[a]], [classes[i] for i in groups[b]]],
-                      "pair_confusion": round(float(rate[a, b]), 3), "accuracy_before": round(acc, 4)})
-        groups = [m for i, m in enumerate(groups) if i not in (a, b)] + [merged]
-    g = grouped()
-    steps.append({"final_accuracy": round(float(np.trace(g) / max(g.sum(), 1)), 4), "categories": len(groups)})
-    mapping: dict[str, str] = {}
-    taken: set[str] = set()
-    for members in sorted(groups, key=lambda m: (len(m) > 1, sorted(classes[i] for i in m))):
-        name = _name([classes[i] for i in members], taken)
-        taken.add(name)
-        for i in members:
-            mapping[classes[i]] = name
-    return mapping, steps
+        v, a, b = best
+        ga, gb = groups[a], groups[b]
+        groups = [g for i, g in enumerate(groups) if i not in (a, b)]
+        groups.insert(a, ga + gb)
+        acc = accuracy(groups)
+        steps.append({"merged": [[classes[i] for i in ga], [classes[i] for i in gb]], "similarity": round(v, 4),
+                      "accuracy_after": round(acc, 4), "share_after": round(float(sizes[ga + gb].sum() / sizes.sum()), 4)})
+    names = category_names([[classes[i] for i in g] for g in groups], dict(zip(classes, sizes)))
+    categories = {}
+    for name, g in sorted(zip(names, groups), key=lambda x: -sizes[x[1]].sum()):
+        row = float(crops[g].sum())
+        categories[name] = {"members": sorted(classes[i] for i in g), "crops": int(row),
+                            "share": round(float(sizes[g].sum() / sizes.sum()), 4),
+                            "accuracy": round(float(conf[np.ix_(g, g)].sum() / row), 4) if row else None}
+    mapping = {classes[i]: name for name, g in zip(names, groups) for i in g}
+    return CategoryMerge(mapping, steps, categories, round(acc, 4), round(accuracy([[i] for i in range(n)]), 4),
+                         stop, cap_limited and acc < target, max_share, target)

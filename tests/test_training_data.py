@@ -1,8 +1,8 @@
-"""Product split, category merge by confusion, and generated query transforms."""
+"""Product split, generated query transforms and the heads checkpoint (the category merge: test_merge.py)."""
 import numpy as np
 import pytest
 
-from export import dataset, merge
+from export import dataset
 from export.products import product_split, synthetic_products
 from export.scenes import Backgrounds, make_scene
 
@@ -17,24 +17,6 @@ def test_held_out_products_never_reach_training():
     # stable: the same ids are held out on every run and in every profile
     again = dataset.load_sources(dataset.DataConfig(synthetic_per_class=4))
     assert {p.product_id for p in again.held_out} == {i for i in test_ids if int(i.rsplit("_", 1)[1]) < 4}
-
-
-def test_merge_joins_only_confused_classes():
-    classes = ["animals-birds", "animals-mammals", "tools", "watch_round", "watch_square"]
-    conf = np.diag([50, 50, 50, 50, 50])
-    conf[0, 1], conf[1, 0] = 20, 15  # birds and mammals are confused
-    conf[3, 4], conf[4, 3] = 25, 25  # so are the two watch classes
-    conf[2, 3] = 1  # one stray mistake is not a reason to merge
-    mapping, steps = merge.merge_by_confusion(classes, conf, target=0.97)
-    assert mapping["animals-birds"] == mapping["animals-mammals"] == "animals"
-    assert mapping["watch_round"] == mapping["watch_square"] == "watch"
-    assert mapping["tools"] == "tools"
-    assert steps[-1]["categories"] == 3 and steps[-1]["final_accuracy"] >= 0.97
-
-
-def test_merge_keeps_classes_the_model_separates():
-    mapping, steps = merge.merge_by_confusion(["a", "b", "c"], np.diag([10, 10, 10]))
-    assert mapping == {"a": "a", "b": "b", "c": "c"} and steps[-1]["final_accuracy"] == 1.0
 
 
 def test_scene_objects_record_their_transforms():

@@ -1,0 +1,108 @@
+"""The category merge (export/merge.py) on small synthetic confusion matrices."""
+import numpy as np
+import pytest
+
+from export import merge
+
+
+def block_confusion(blocks: list[list[int]], n: int, size: int = 100, within: int = 30) -> np.ndarray:
+    """Each class keeps ``size - within * (len(block) - 1)`` crops and sends ``within`` to each block mate."""
+    conf = np.zeros((n, n), np.int64)
+    for block in blocks:
+        for i in block:
+            for j in block:
+                conf[i, j] = within if i != j else size - within * (len(block) - 1)
+    return conf
+
+
+def partition(mapping: dict[str, str]) -> set[frozenset[str]]:
+    groups: dict[str, set[str]] = {}
+    for fine, cat in mapping.items():
+        groups.setdefault(cat, set()).add(fine)
+    return {frozenset(g) for g in groups.values()}
+
+
+def test_a_block_diagonal_matrix_merges_into_its_blocks():
+    classes = [f"c{i}" for i in range(7)]
+    blocks = [[0, 3], [1, 4], [2, 5], [6]]
+    res = merge.merge_by_confusion(classes, block_confusion(blocks, 7))
+    assert partition(res.mapping) == {frozenset(classes[i] for i in b) for b in blocks}
+    assert res.accuracy == 1.0 and not res.cap_limited and len(res.steps) == 3
+    assert all(c["accuracy"] == 1.0 for c in res.categories.values())
+
+
+def test_one_stray_mistake_is_not_a_reason_to_merge():
+    classes = ["animals-birds", "animals-mammals", "tools", "watch_round", "watch_square"]
+    conf = np.diag([50, 50, 50, 50, 50])
+    conf[0, 1], conf[1, 0] = 20, 15  # birds and mammals are confused
+    conf[3, 4], conf[4, 3] = 25, 25  # so are the two watch classes
+    conf[2, 3] = 1
+    res = merge.merge_by_confusion(classes, conf, max_share=1.0)  # five classes: no cap here
+    assert res.mapping == {"animals-birds": "animals", "animals-mammals": "animals", "tools": "tools",
+                           "watch_round": "watch", "watch_square": "watch"}
+    assert res.accuracy >= merge.TARGET_ACCURACY and "no pair confused" in res.stop
+
+
+def test_classes_the_model_separates_stay_apart():
+    res = merge.merge_by_confusion(["a", "b", "c"], np.diag([10, 10, 10]))
+    assert res.mapping == {"a": "a", "b": "b", "c": "c"} and res.accuracy == 1.0 and res.steps == []
+
+
+def test_a_dominant_class_cannot_swallow_everything():
+    # class 0 holds a fifth of the catalog and every other class is mostly predicted as class 0: a merge
+    # by mutual confusion counts absorbs them one after the other into one category
+    n = 9
+    conf = np.zeros((n, n), np.int64)
+    conf[0, 0] = 200
+    for i in range(1, n):
+        conf[i, i], conf[i, 0] = 40, 60
+    classes = [f"k{i}" for i in range(n)]
+    res = merge.merge_by_confusion(classes, conf)
+    assert max(c["share"] for c in res.categories.values()) <= merge.MAX_CATEGORY_SHARE
+    assert len(res.categories) >= 3
+    assert res.cap_limited and res.accuracy < merge.TARGET_ACCURACY and "size cap" in res.stop
+    # the cap counts the sizes given (products), not the crops
+    sizes = np.array([1] + [10] * (n - 1))
+    by_products = merge.merge_by_confusion(classes, conf, sizes=sizes)
+    assert max(c["share"] for c in by_products.categories.values()) <= merge.MAX_CATEGORY_SHARE
+    assert by_products.mapping != res.mapping
+
+
+def test_names_are_readable_and_unique():
+    size = {"plants-flowers": 5, "plants-mushrooms": 3, "plants": 2, "animals-birds": 20, "animals-mammals": 30,
+            "vehicles-ship": 9, "vehicles-auto": 8, "shoe": 4, "book": 1, "watch_round": 7, "watch_square": 6}
+    groups = [["plants-flowers", "plants-mushrooms"], ["watch_round", "watch_square"],
+              ["animals-birds", "animals-mammals", "vehicles-ship", "vehicles-auto", "shoe", "book"], ["plants"]]
+    names = merge.category_names(groups, size)
+    # "plants" is the fine class of another category: the merged plants are named by their members
+    assert names == ["plants-flowers, plants-mushrooms", "watch", "animals, vehicles (+2)", "plants"]
+    assert merge.category_names([["plants-flowers", "plants-mushrooms"], ["plants"]], size)[0] != "plants"
+    assert merge.category_names([["plants-flowers", "plants-mushrooms"], ["book"]], size) == ["plants", "book"]
+    # two categories that would get the same name get different ones
+    twins = merge.category_names([["animals-birds", "shoe"], ["animals-birds-x", "shoe-y"]],
+                                 {"animals-birds": 1, "shoe": 1, "animals-birds-x": 1, "shoe-y": 1})
+    assert len(set(twins)) == 2
+
+
+def test_the_merge_is_deterministic_and_logged():
+    rng = np.random.default_rng(0)
+    classes = [f"group{i // 3}-class{i}" for i in range(12)]
+    conf = rng.integers(0, 8, (12, 12)) + np.diag(rng.integers(20, 60, 12))
+    first, again = merge.merge_by_confusion(classes, conf), merge.merge_by_confusion(classes, conf)
+    assert first == again
+    order = rng.permutation(12)
+    shuffled = merge.merge_by_confusion([classes[i] for i in order], conf[np.ix_(order, order)])
+    assert partition(shuffled.mapping) == partition(first.mapping)
+    log = first.log()
+    assert {"merged_accuracy", "categories", "stop", "cap_limited", "steps"} <= set(log)
+    assert sum(c["crops"] for c in log["categories"].values()) == conf.sum()
+    assert set(first.mapping.values()) == set(log["categories"])
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="shape"):
+        merge.merge_by_confusion(["a", "b"], np.eye(3))
+    with pytest.raises(ValueError, match="unique"):
+        merge.merge_by_confusion(["a", "a"], np.eye(2))
+    with pytest.raises(ValueError, match="sizes"):
+        merge.merge_by_confusion(["a", "b"], np.eye(2), sizes=[1, -1])
