@@ -95,6 +95,45 @@ def test_cnn_groups_copies_and_keeps_distinct_photos_apart(tmp_path, originals, 
 
 
 @pytest.mark.integration
+def test_cnn_encodes_the_ensembles_whole_image_row_through_the_served_steps(originals, client):
+    """dedup asks preprocess -> crop -> embedder for row K only; the vector is the ensemble's, bit for bit."""
+    from client.dedup.cnn import CNN, WholeImageEncoder
+
+    items = [(n, encode_jpeg(originals[n])) for n in ("coffee", "rocket", "coins")] + [("broken.jpg", b"not an image")]
+    encoder = WholeImageEncoder(client.url)
+    try:
+        assert encoder.available()
+        vec, ident = encoder.embed(items[0][1], "coffee")
+    finally:
+        encoder.close()
+    assert ident == client.embedder_id()
+    feats, errors = CNN(client).encode(items)
+    for name, data in items[:3]:
+        assert np.array_equal(feats[name], client.infer(data, name).image_embedding)
+    assert np.array_equal(vec, feats["coffee"])
+    assert [n for n, _ in errors] == ["broken.jpg"] and "cannot decode image" in errors[0][1]
+
+
+def test_geometric_check_is_decided_in_a_batch_and_finds_copies_not_lookalikes(tmp_path, originals):
+    """verify(): many inliers between a photo and its copies (mirror included), few between distinct photos."""
+    from client.dedup.cnn import CnnRule, GeometricCheck, orb_features, verify
+
+    coffee, rocket = originals["coffee"], originals["rocket"]
+    copy = coffee.crop((40, 30, coffee.width - 20, coffee.height - 10)).rotate(8, resample=Image.BILINEAR)
+    a, b, m, other = (orb_features(im) for im in (coffee, copy, ImageOps.mirror(coffee), rocket))
+    k = load_thresholds().extra["cnn"]["min_inliers"]
+    assert verify(a, b) >= 3 * k and verify(a, m) >= 3 * k and verify(a, other) < k
+    paths = []
+    for name, im in (("coffee", coffee), ("copy", copy), ("rocket", rocket)):
+        paths.append(str(tmp_path / f"{name}.jpg"))
+        im.save(paths[-1], quality=92)
+    stats: dict = {}
+    check = GeometricCheck(CnnRule(0.9, 0.4, k), paths, stats, workers=2)
+    assert check([(0, 1, 0.6), (0, 2, 0.6), (1, 2, 0.95), (0, 2, 0.3)]) == [True, False, True, False]
+    assert stats == {"pairs_checked": 2, "images_orb": 3}
+
+
+@pytest.mark.integration
 def test_compare_reports_every_measure(originals, client):
     from client.dedup import METHODS
     from client.dedup.compare import compare

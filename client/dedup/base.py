@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable
 
@@ -40,14 +40,30 @@ Errors = list[tuple[str, str]]  # (name or path, reason)
 @dataclass
 class Plan:
     """How one run searches: the store's threshold for candidates, the settings reported (``threshold``
-    first), and, when candidates need a second look, ``verify(i, j, store score)`` over positions."""
+    first), and, when candidates need a second look, ``verify(i, j, store score)`` over positions, or its
+    batch form ``verify_many([(i, j, score), ...])`` (one list of answers; cnn's geometric check runs the
+    batch in a thread pool). ``stats`` is what the verification counted (cnn: pairs checked)."""
     store_threshold: float
     settings: dict
     verify: Callable[[int, int, float], bool] | None = None
+    verify_many: Callable[[list[tuple[int, int, float]]], list[bool]] | None = None
+    stats: dict = field(default_factory=dict)
 
     @property
     def threshold(self) -> float:
         return self.settings["threshold"]
+
+    @property
+    def verifies(self) -> bool:
+        return self.verify is not None or self.verify_many is not None
+
+    def judge(self, pairs: list[tuple[int, int, float]]) -> list[bool]:
+        """Which candidate pairs (i, j, store score) pass the verification."""
+        if self.verify_many is not None:
+            return list(self.verify_many(pairs))
+        if self.verify is not None:
+            return [self.verify(i, j, score) for i, j, score in pairs]
+        return [True] * len(pairs)
 
 
 class Method:
@@ -131,22 +147,28 @@ class Method:
         vecs = np.stack([self.to_vector(f) for f in feats])
         step = 2048
         seen: set[tuple[int, int]] = set()
+        timing = plan.stats.setdefault("seconds", {"search": 0.0, "verify": 0.0})
         with tqdm(total=len(ids), desc=f"searching (qdrant k-NN, {self.name})", unit="img", disable=not show_progress) as bar:
             for s in range(0, len(ids), step):
+                t = time.perf_counter()
+                found: list[tuple[int, int, float]] = []
                 for k, hits in enumerate(store.neighbours(vecs[s:s + step], limit=NEIGHBOURS, threshold=plan.store_threshold), start=s):
                     for pid, score in hits:
                         j = pos.get(pid)
                         if j is None or j == k:
                             continue
                         pair = (k, j) if k < j else (j, k)
-                        if plan.verify is not None:
-                            if pair in seen:  # each pair is judged once (it comes back from both ends)
+                        if plan.verifies:  # each pair is judged once (it comes back from both ends)
+                            if pair in seen:
                                 continue
                             seen.add(pair)
-                            if not plan.verify(k, j, score):
-                                continue
-                        yield pair
+                        found.append((*pair, score))
+                timing["search"] += time.perf_counter() - t
+                t = time.perf_counter()
+                passed = plan.judge(found) if plan.verifies else [True] * len(found)
+                timing["verify"] += time.perf_counter() - t
                 bar.update(min(step, len(ids) - s))
+                yield from ((i, j) for (i, j, _), ok in zip(found, passed) if ok)
 
     def lookup(self, plan: Plan, store: DedupStore, ids: list[str], feats: list, queries: list[int]) -> list[list[tuple[int, float]]]:
         """Per query position (after the stored ones): (stored position, score in this method's units) of its copies."""
@@ -157,7 +179,8 @@ class Method:
                                 threshold=plan.store_threshold)
         out = []
         for q, row in zip(queries, hits):
-            kept = [pos[pid] for pid, score in row if plan.verify is None or plan.verify(q, pos[pid], score)]
+            found = [(q, pos[pid], score) for pid, score in row]
+            kept = [j for (_, j, _), ok in zip(found, plan.judge(found)) if ok]
             out.append([(k, self.score(feats[q], feats[k])) for k in kept])
         return out
 
@@ -249,8 +272,12 @@ class Method:
             pairs = self.candidate_pairs(plan, ids, feats, store, show_progress) if files else iter(())
             groups = make_groups(files, pairs, transitive=transitive)
             t_search = time.perf_counter() - t
+        stats = dict(plan.stats)
+        seconds = stats.pop("seconds", {})
+        if seconds:  # the rest of search + grouping: reading the store back, the plan, grouping
+            seconds["group"] = max(0.0, t_search - sum(seconds.values()))
         return DedupResult(self.name, plan.threshold, len(infos) + len(errors), groups, sorted(errors), encoded, t_enc, t_search,
-                           plan.settings)
+                           plan.settings, seconds, stats)
 
     def check(self, images: list[Path], folder: Path, threshold: float | None = None, *, name: str | None = None,
               store_path: Path | None = None) -> tuple[dict[str, list[tuple[str, float]]], Errors]:

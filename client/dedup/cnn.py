@@ -1,14 +1,21 @@
 """cnn: the Triton ensemble's whole-image embedding (cosine), with a geometric check in the uncertain band.
 
 A pair is a duplicate when cosine >= ``threshold``, or when cosine >= ``candidate`` and ORB + RANSAC
-(scikit-image) finds >= ``min_inliers`` inliers of a similarity transform (verify()). The embedding alone
+(OpenCV) finds >= ``min_inliers`` inliers of a similarity transform (verify()). The embedding alone
 confuses distinct photos of the same kind of thing (two flowers: cosine 0.70) with heavily cropped
 copies (crop 50 %: 0.3-0.7). The calibration records which embedder it was made on; the served one is
 asked from the server (``RetrievalClient.embedder_id()``), never read from files.
+
+Encoding asks the server only for what dedup uses, the whole-image row ``K`` of the ensemble's
+``embeddings``: the served steps ``preprocess`` -> ``crop`` -> ``embedder`` on that one row (the same
+models and tensors as the ensemble, named by client/spec.py; the vector is the ensemble's, bit for bit),
+skipping the detector and the classifier and 8 of 9 embedder rows. A server that does not serve the
+steps on their own gets the whole ensemble request instead (``WholeImageEncoder.available``).
 """
 from __future__ import annotations
 
-import warnings
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,64 +29,62 @@ from client.dedup.thresholds import Thresholds, load_thresholds
 from client.imaging import ImageDecodeError, decode
 
 GEO_SIDE = 256  # images are scaled (up or down) to this longest side for the geometric check
-Keypoints = tuple[np.ndarray, np.ndarray]  # (positions [n, 2], binary descriptors [n, 256])
-NO_KEYPOINTS: Keypoints = (np.zeros((0, 2)), np.zeros((0, 256), dtype=bool))
+ORB_KEYPOINTS = 300
+MATCH_RATIO = 0.8  # Lowe's ratio test on top of the cross check
+RANSAC_PX = 2.0  # inlier residual (pixels at GEO_SIDE)
+Keypoints = tuple[np.ndarray, np.ndarray]  # (positions [n, 2] float32, packed binary descriptors [n, 32] uint8)
+NO_KEYPOINTS: Keypoints = (np.zeros((0, 2), dtype=np.float32), np.zeros((0, 32), dtype=np.uint8))
 
 
 def orb_features(img: Image.Image) -> tuple[Keypoints, Keypoints]:
-    """ORB keypoints + descriptors of the image and of its mirror (skimage.feature.ORB), for verify()."""
-    from skimage.feature import ORB
+    """ORB keypoints + descriptors of the image and of its mirror (OpenCV), for verify()."""
+    import cv2
 
     g = img.convert("L")
     f = GEO_SIDE / max(g.size)
-    g = g.resize((max(8, round(g.width * f)), max(8, round(g.height * f))), Image.Resampling.BILINEAR)
+    g = np.asarray(g.resize((max(8, round(g.width * f)), max(8, round(g.height * f))), Image.Resampling.BILINEAR))
+    orb = cv2.ORB_create(nfeatures=ORB_KEYPOINTS, scaleFactor=1.3, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=10)
     out = []
-    for im in (g, g.transpose(Image.Transpose.FLIP_LEFT_RIGHT)):
-        orb = ORB(n_keypoints=300, fast_threshold=0.05, downscale=1.3, n_scales=6)
-        try:
-            orb.detect_and_extract(np.asarray(im, dtype=np.float64) / 255.0)
-            out.append((orb.keypoints, orb.descriptors))
-        except (RuntimeError, ValueError, IndexError):  # too few corners (flat images)
-            out.append(NO_KEYPOINTS)
+    for im in (g, np.ascontiguousarray(g[:, ::-1])):
+        kp, desc = orb.detectAndCompute(im, None)
+        out.append((np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2), desc) if desc is not None else NO_KEYPOINTS)
     return out[0], out[1]
 
 
 def _inliers(a: Keypoints, b: Keypoints) -> int:
-    from skimage.feature import match_descriptors
-    from skimage.measure import ransac
-    from skimage.transform import SimilarityTransform
+    import cv2
 
     (pa, da), (pb, db) = a, b
     if len(pa) < 4 or len(pb) < 4:
         return 0
-    m = match_descriptors(da, db, cross_check=True, max_ratio=0.85)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    back = {m.queryIdx: m.trainIdx for m in matcher.match(db, da)}  # cross check: B's best match in A
+    m = np.array([(x.queryIdx, x.trainIdx) for x, y in (p for p in matcher.knnMatch(da, db, k=2) if len(p) == 2)
+                  if x.distance < MATCH_RATIO * y.distance and back.get(x.trainIdx) == x.queryIdx], dtype=np.int64).reshape(-1, 2)
     if len(m) < 4:
         return 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, inl = ransac((pa[m[:, 0]][:, ::-1], pb[m[:, 1]][:, ::-1]), SimilarityTransform, min_samples=3,
-                        residual_threshold=4, max_trials=300, rng=0)
+    # a similarity transform (rotation, scale, shift); OpenCV's RANSAC is seeded, so the count is deterministic
+    _, inl = cv2.estimateAffinePartial2D(pa[m[:, 0]], pb[m[:, 1]], method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
+                                         maxIters=2000, confidence=0.999)
     return 0 if inl is None else int(inl.sum())
 
 
-def verify(fa, fb) -> int:
+def verify(fa, fb, enough: int | None = None) -> int:
     """Geometric verification: RANSAC inliers of a similarity transform between ORB matches of A and B
-    (or of A and B's mirror image, whichever is more). Same picture: dozens; similar scenes: <= 4 here."""
-    return max(_inliers(fa[0], fb[0]), _inliers(fa[0], fb[1]))
+    (or of A and B's mirror image, whichever is more). Same picture: dozens; similar scenes: a few.
+    With ``enough``, B's mirror is not tried once A and B have that many (the count is then a lower bound)."""
+    direct = _inliers(fa[0], fb[0])
+    if enough is not None and direct >= enough:
+        return direct
+    return max(direct, _inliers(fa[0], fb[1]))
 
 
-def file_orb_features(paths: list[str]) -> Callable[[int], tuple[Keypoints, Keypoints]]:
-    """Lazily computed, cached ORB features of files by position (an unreadable file has none)."""
-    cache: dict[int, tuple[Keypoints, Keypoints]] = {}
-
-    def get(k: int):
-        if k not in cache:
-            try:
-                cache[k] = orb_features(decode(Path(paths[k]).read_bytes()))
-            except (OSError, ImageDecodeError):
-                cache[k] = (NO_KEYPOINTS, NO_KEYPOINTS)
-        return cache[k]
-    return get
+def file_orb_features(path: str) -> tuple[Keypoints, Keypoints]:
+    """ORB features of a file (an unreadable file has none)."""
+    try:
+        return orb_features(decode(Path(path).read_bytes()))
+    except (OSError, ImageDecodeError):
+        return NO_KEYPOINTS, NO_KEYPOINTS
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,97 @@ class CnnRule:
             return False
         return inliers() >= self.min_inliers
 
+    def needs_check(self, cosine: float) -> bool:
+        return self.candidate is not None and self.candidate <= cosine < self.threshold
+
     @classmethod
     def calibrated(cls, thresholds: Thresholds, method: str = "cnn") -> "CnnRule":
         extra = thresholds.extra.get(method, {})
         return cls(thresholds.get(method), extra.get("candidate"), int(extra.get("min_inliers", 0)))
+
+
+class GeometricCheck:
+    """The batch form of the rule over positions of files: ORB features computed once per file (when a
+    pair of the band first needs them) and pairs checked in a thread pool (OpenCV releases the GIL)."""
+
+    def __init__(self, rule: CnnRule, paths: list[str], stats: dict, workers: int | None = None):
+        self.rule, self.paths, self.stats = rule, paths, stats
+        self.workers = workers or os.cpu_count() or 1
+        self.features: dict[int, tuple[Keypoints, Keypoints]] = {}
+        stats.setdefault("pairs_checked", 0)
+        stats.setdefault("images_orb", 0)
+
+    def __call__(self, pairs: list[tuple[int, int, float]]) -> list[bool]:
+        out = [s >= self.rule.threshold for _, _, s in pairs]  # the band is decided below
+        band = [n for n, (_, _, s) in enumerate(pairs) if self.rule.needs_check(s)]
+        if not band:
+            return out
+        todo = sorted({k for n in band for k in pairs[n][:2]} - self.features.keys())
+        k = self.rule.min_inliers
+        with ThreadPoolExecutor(self.workers) as pool:
+            self.features.update(zip(todo, pool.map(lambda i: file_orb_features(self.paths[i]), todo)))
+            passed = pool.map(lambda n: verify(self.features[pairs[n][0]], self.features[pairs[n][1]], enough=k) >= k, band)
+            for n, ok in zip(band, passed):
+                out[n] = ok
+        self.stats["pairs_checked"] += len(band)
+        self.stats["images_orb"] += len(todo)
+        return out
+
+
+class WholeImageEncoder:
+    """Row K (the whole image) of the ensemble's ``embeddings``, from the served steps preprocess -> crop
+    -> embedder with only that row embedded; the tensors are the ensemble's (client/spec.py)."""
+
+    STEPS = (spec.PREPROCESS.name, spec.CROP.name, spec.EMBEDDER.name)
+
+    def __init__(self, url: str, timeout: float = 60.0):
+        import tritonclient.grpc as grpcclient
+
+        self.grpc = grpcclient
+        self.client = grpcclient.InferenceServerClient(url)
+        self.timeout = timeout
+
+    def available(self) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return all(self.client.is_model_ready(m, client_timeout=10.0) for m in self.STEPS)
+        except InferenceServerException:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], name: str) -> dict[str, np.ndarray]:
+        from client.triton import BadImage, TritonError
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        ins = []
+        for key, arr in inputs.items():
+            t = self.grpc.InferInput(key, list(arr.shape), np_to_triton_dtype(arr.dtype))
+            t.set_data_from_numpy(arr)
+            ins.append(t)
+        try:
+            res = self.client.infer(model, ins, outputs=[self.grpc.InferRequestedOutput(o) for o in outputs], client_timeout=self.timeout)
+        except InferenceServerException as exc:
+            if "INVALID_ARG" in str(exc.status()):
+                raise BadImage(f"{name}: {exc.message() or exc}") from exc
+            raise TritonError(f"{name}: {model} failed: {exc.message() or exc}") from exc
+        return {o: res.as_numpy(o) for o in outputs}
+
+    def embed(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, str]:
+        """(the whole-image embedding, the embedder's id) of one encoded image; BadImage when it cannot be read."""
+        pre = self._infer(spec.PREPROCESS.name, {spec.IMAGE_BYTES.name: np.array([data], dtype=object)},
+                          [spec.CROP_SOURCE.name, spec.IMAGE_SIZE.name], name)
+        k = spec.MAX_OBJECTS
+        crop = self._infer(spec.CROP.name, {  # no detections: row K, the whole image, does not depend on them
+            spec.CROP_SOURCE.name: pre[spec.CROP_SOURCE.name], spec.DET_BOXES.name: np.zeros((1, k, 4), np.float32),
+            spec.DET_SCORES.name: np.zeros((1, k), np.float32), spec.IMAGE_SIZE.name: pre[spec.IMAGE_SIZE.name]},
+            [spec.CROPS.name], name)[spec.CROPS.name]
+        emb = self._infer(spec.EMBEDDER.name, {spec.CROPS.name: np.ascontiguousarray(crop[k:k + 1])},
+                          [spec.EMBEDDINGS.name, spec.EMBEDDER_ID.name], name)
+        ident = emb[spec.EMBEDDER_ID.name].reshape(-1)[0]
+        return emb[spec.EMBEDDINGS.name][0], ident.decode() if isinstance(ident, bytes) else str(ident)
 
 
 class CNN(Method):
@@ -131,14 +223,39 @@ class CNN(Method):
 
         feats: Features = {}
         errors: Errors = []
-        for name, res in self.client.infer_many(items, concurrency=self.concurrency):
-            if isinstance(res, BadImage):
-                errors.append((name, str(res).removeprefix(f"{name}: ")))
+        encoder = WholeImageEncoder(self.client.url, self.client.timeout)
+        try:
+            if encoder.available():
+                expected = self.client.embedder_id()
+
+                def one(item):
+                    name, data = item
+                    try:
+                        vec, ident = encoder.embed(data, name)
+                    except BadImage as exc:
+                        return name, exc
+                    if ident != expected:
+                        raise RuntimeError(f"the served embedder changed while encoding ({expected} -> {ident}): run again")
+                    return name, vec
+                with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                    results = pool.map(one, items)
+                    for name, res in results:
+                        self._collect(name, res, feats, errors, progress)
             else:
-                feats[name] = res.image_embedding
-            if progress:
-                progress(1)
+                for name, res in self.client.infer_many(items, concurrency=self.concurrency):
+                    self._collect(name, res if isinstance(res, BadImage) else res.image_embedding, feats, errors, progress)
+        finally:
+            encoder.close()
         return feats, errors
+
+    @staticmethod
+    def _collect(name: str, res, feats: Features, errors: Errors, progress) -> None:
+        if isinstance(res, Exception):
+            errors.append((name, str(res).removeprefix(f"{name}: ")))
+        else:
+            feats[name] = res
+        if progress:
+            progress(1)
 
     def rule(self, threshold: float | None = None) -> CnnRule:
         """The calibrated rule, or a plain cosine threshold when ``threshold`` is given."""
@@ -152,9 +269,9 @@ class CNN(Method):
         rule = self.rule(threshold)
         if rule.candidate is None:
             return Plan(rule.threshold, {"threshold": rule.threshold})
-        geo = file_orb_features(paths)
-        return Plan(rule.candidate, {"threshold": rule.threshold, "candidate": rule.candidate, "min_inliers": rule.min_inliers},
-                    lambda i, j, score: rule.decide(score, lambda: verify(geo(i), geo(j))))
+        settings = {"threshold": rule.threshold, "candidate": rule.candidate, "min_inliers": rule.min_inliers}
+        stats: dict = {}
+        return Plan(rule.candidate, settings, verify_many=GeometricCheck(rule, paths, stats), stats=stats)
 
     def unavailable(self) -> str | None:
         return None if self.client is not None else "no Triton server (set TRITON_URL)"

@@ -50,6 +50,8 @@ class DedupResult:
     seconds_encode: float = 0.0
     seconds_search: float = 0.0
     settings: dict = field(default_factory=dict)  # the threshold(s) used, e.g. cnn's geometric check
+    seconds_split: dict = field(default_factory=dict)  # seconds_search split: search, verify, group (k-NN methods)
+    stats: dict = field(default_factory=dict)  # what the verification counted, e.g. {"pairs_checked": n}
 
     def to_json(self) -> dict:
         return {"method": self.method, "threshold": self.threshold, "settings": self.settings, "images": self.scanned,

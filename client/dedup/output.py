@@ -26,8 +26,12 @@ def table(result) -> str:
 
 def summary(result) -> str:
     copies = sum(g.count - 1 for g in result.groups)
+    split = result.seconds_split
+    checked = result.stats.get("pairs_checked")
+    detail = (f" (k-NN {split['search']:.1f} s, verification {split['verify']:.1f} s"
+              + (f" of {checked} pair(s) geometrically" if checked is not None else "") + ")") if split else ""
     return (f"\n{copies} redundant copies; encoded {result.encoded} new image(s) in {result.seconds_encode:.1f} s, "
-            f"search + grouping {result.seconds_search:.1f} s")
+            f"search + grouping {result.seconds_search:.1f} s{detail}")
 
 
 def to_csv(result) -> str:
