@@ -39,7 +39,7 @@ def render(query: Image.Image, name: str, objects: list, top_k_side: int = 140) 
     rows = []
     for i, o in enumerate(objects):
         colour = COLOURS[i % len(COLOURS)]
-        what = "whole image" if o.whole_image else f"score {o.score:.2f}"
+        what = "whole image" if o.whole_image else f"score {o.score:.2f}" + ("" if o.valid else " (below the detector threshold)")
         cells = "".join(
             f'<figure><img src="{_thumb(r["path"], top_k_side)}" alt="{html.escape(r["product_id"])}">'
             f'<figcaption>{k}. {html.escape(r["product_id"])}<br>{r["score"]:.3f}</figcaption></figure>'

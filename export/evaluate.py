@@ -10,6 +10,11 @@ It reports detector AP@0.5, classifier accuracy, Recall@1/5/20 and mAP with dete
 ground-truth boxes, with and without the category filter, per transform, for the trained embedder,
 for the off-the-shelf pretrained backbone (baseline, same run) and for binary codes, and writes
 report.md, metrics.json and examples.png to --out.
+
+It measures what the client does, with the client's own functions: the catalog's points are
+client.catalog.catalog_rows of each image (search scores a product by its best point), and the
+"detected" boxes are the rows client.search.select_rows reports (the valid rows alone, what it
+reported before, are kept for comparison, with a sweep of the selection's parameters).
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from client import imaging, spec
+from client.catalog import CATALOG_WHOLE_IMAGE, catalog_rows
+from client.search import select_rows
 from export import dataset, repository
 from export.pipeline import Pipeline
 from export.products import synthetic_products
@@ -39,23 +46,41 @@ CATEGORY, CATEGORY_SCORE, EMBEDDINGS = spec.CATEGORY.name, spec.CATEGORY_SCORE.n
 
 
 class Runner:
-    """The served ONNX files chained in process (export.pipeline), and the off-the-shelf backbone."""
+    """The served ONNX files chained in process (export.pipeline), and the off-the-shelf backbone.
+    ``pad`` > 0 measures a crop graph that pads detection boxes (the served one does not): see ``crops``."""
 
-    def __init__(self, repo: Path, backbone: Path):
+    def __init__(self, repo: Path, backbone: Path, pad: float = 0.0):
         try:
             self.pipeline = Pipeline(repo)
         except FileNotFoundError as exc:
             raise SystemExit(f"error: {exc}") from exc
         self.baseline = dataset.BackboneRunner(backbone)
+        self.pad = pad
+        self.cutter = dataset.CropCutter() if pad else None
+
+    def crops(self, out: dict[str, np.ndarray], rows: list[int]) -> np.ndarray:
+        """The crops of ``rows`` of one image's outputs (``detect``). With ``pad``, detection rows are cut again
+        by the served crop graph from their boxes grown by ``pad`` of their width and height on each side,
+        clipped to the image; the whole-image row stays as it is."""
+        crops = out[spec.CROPS.name][rows]
+        det = [k for k, r in enumerate(rows) if r < spec.MAX_OBJECTS]
+        if self.pad and det:
+            size = out[spec.IMAGE_SIZE.name]
+            b = out[spec.DET_BOXES.name][0][[rows[k] for k in det]]
+            grown = b + np.concatenate([b[:, 2:] - b[:, :2]] * 2, 1) * np.array([-1, -1, 1, 1]) * self.pad
+            limits = np.array([size[1], size[0], size[1], size[0]], np.float32) / float(max(size))
+            crops = crops.copy()
+            crops[det] = self.cutter(out[spec.CROP_SOURCE.name], size, np.clip(grown, 0, limits).astype(np.float32))
+        return crops
 
     def detect(self, image: Image.Image) -> dict[str, np.ndarray]:
         """One image through preprocess, detector and crop: every tensor of those steps, by spec name."""
         letterboxed = dict(zip((t.name for t in spec.PREPROCESS.outputs), imaging.letterbox(image)))
         return self.pipeline.run(letterboxed, steps=(spec.DETECTOR, spec.CROP))
 
-    def describe(self, crops: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+    def describe(self, crops: np.ndarray, batch: int = 32, baseline: bool = True) -> dict[str, np.ndarray]:
         """Classifier and embedder outputs of every crop (by spec name), and under ``BASELINE`` the
-        off-the-shelf backbone's L2-normalised pooled vector."""
+        off-the-shelf backbone's L2-normalised pooled vector (unless ``baseline`` is False)."""
         names = [t.name for t in (*spec.CLASSIFIER.outputs, *spec.EMBEDDER.outputs) if t != spec.EMBEDDER_ID]
         out: dict[str, list] = {n: [] for n in names}
         for i in tqdm(range(0, len(crops), batch), desc="classify+embed", unit="batch", leave=False):
@@ -64,6 +89,8 @@ class Runner:
             for n in names:
                 out[n].append(got[n])
         res = {k: np.concatenate(v) for k, v in out.items()}
+        if not baseline:
+            return res
         base = self.baseline.run(crops, batch=batch, desc="baseline", outputs=("pooled",))[0]
         res[BASELINE] = base / np.linalg.norm(base, axis=1, keepdims=True)
         return res
@@ -91,16 +118,30 @@ def gallery_items(sources: dataset.Sources, n_distractors: int, seed: int) -> li
     return items
 
 
+GROUP, VIEW = "_item", "_view"  # gallery arrays: each point's catalog image (item index) and object_index
+
+
 def run_catalog(runner: Runner, items: list[GalleryItem]) -> dict[str, np.ndarray]:
-    """Each catalog image as the indexer stores it: its best detection, else the whole image."""
-    crops = []
-    for it in tqdm(items, desc="gallery", unit="image"):
+    """Each catalog image's points as the indexer stores them (client.catalog.catalog_rows), with and without
+    the whole-image point: ``VIEW`` is the point's object_index, ``GROUP`` its item (sorted, contiguous).
+    Every point carries the category of its image's first point, as client.catalog.points_for stores it."""
+    crops, group, view = [], [], []
+    for i, it in enumerate(tqdm(items, desc="gallery", unit="image")):
         out = runner.detect(it.image)
-        valid, scores = out[spec.VALID.name], out[spec.SCORES.name]
-        rows = np.where(valid)[0]
-        best = rows[np.argmax(scores[rows])] if len(rows) else spec.NUM_ROWS - 1
-        crops.append(out[spec.CROPS.name][best])
-    return runner.describe(np.stack(crops))
+        rows = catalog_rows(out, whole_image=True)
+        crops += list(runner.crops(out, rows)); group += [i] * len(rows); view += range(len(rows))
+    res = runner.describe(np.stack(crops))
+    res[GROUP], res[VIEW] = np.array(group), np.array(view)
+    first = np.searchsorted(res[GROUP], res[GROUP])  # each point's image's first point
+    for name in (CATEGORY, CATEGORY_SCORE, spec.FINE_CLASS.name):
+        res[name] = res[name][first]
+    return res
+
+
+def catalog_points(gallery: dict[str, np.ndarray], whole_image: bool) -> dict[str, np.ndarray]:
+    """The gallery's points as stored with or without the whole-image point (client.catalog.CATALOG_WHOLE_IMAGE)."""
+    keep = np.ones(len(gallery[VIEW]), bool) if whole_image else gallery[VIEW] == 0
+    return {k: v[keep] for k, v in gallery.items()}
 
 
 @dataclass
@@ -111,68 +152,127 @@ class Query:
     gt_box: tuple
     transform: dict
     background: str
-    det_row: int | None = None  # index into the detected-crop arrays, None when the detector missed it
-    det_box: tuple | None = None
+
+
+@dataclass
+class SceneRows:
+    """What the ensemble gave for one scene (every row) and its ground truth, in original pixels."""
+    boxes: np.ndarray  # [NUM_ROWS, 4]
+    scores: np.ndarray  # [NUM_ROWS]
+    valid: np.ndarray  # [NUM_ROWS]
+    gt: np.ndarray  # [n objects, 4]
+    first: int  # index of its first object in QuerySet.queries
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {spec.BOXES.name: self.boxes, spec.SCORES.name: self.scores, spec.VALID.name: self.valid}
 
 
 @dataclass
 class QuerySet:
     queries: list[Query]  # every object of every scene
+    scenes: list[SceneRows]
     gt_crops: np.ndarray  # one crop per query, cut at its ground-truth box
-    det_crops: np.ndarray  # one crop per query the detector found (Query.det_row)
+    det_crops: np.ndarray  # every row that overlaps an object (IoU >= MATCH_IOU): what any row policy can match
+    det_crop_of: dict[tuple[int, int], int]  # (scene, row) -> index into det_crops
     detector: dict  # detection_metrics over the scenes
     thumbs: list[Image.Image]  # the first scenes, for examples.png
 
 
+MATCH_IOU = 0.5
+
+
 def match_detections(boxes_px: np.ndarray, scores: np.ndarray, rows: list[int], gt: np.ndarray) -> dict[int, int]:
-    """Ground-truth object -> detection row: valid detections, highest score first, IoU >= 0.5."""
+    """Ground-truth object -> reported row: ``rows``, highest score first, each to the free object it overlaps
+    most, if IoU >= MATCH_IOU."""
     taken: dict[int, int] = {}
     if len(rows) and len(gt):
         ious = imaging.box_iou(boxes_px[rows], gt)
-        for r in np.argsort(-scores[rows]):
+        for r in np.argsort(-scores[rows], kind="stable"):
             j = int(np.argmax(np.where([k in taken for k in range(len(gt))], -1, ious[r])))
-            if ious[r, j] >= 0.5 and j not in taken:
+            if ious[r, j] >= MATCH_IOU and j not in taken:
                 taken[j] = rows[r]
     return taken
+
+
+def valid_detections(sc: SceneRows) -> list[int]:
+    """The rows client.search reported before select_rows: valid detections (never the whole image)."""
+    return [int(r) for r in np.where(sc.valid)[0] if r < spec.MAX_OBJECTS]
+
+
+@dataclass
+class Selection:
+    """One row policy over every scene: which query got a box (and its crop), and what it cost."""
+    found: np.ndarray  # bool per query
+    det_rows: np.ndarray  # per query, its index into QuerySet.det_crops (0 when not found)
+    det_box: np.ndarray  # per query, the reported box it got (original pixels; zeros when not found)
+    boxes: dict  # products that get a box, objects reported per photo, precision of the reported detections
+
+
+def select(qs: QuerySet, policy) -> Selection:
+    """Applies ``policy`` (scene outputs -> reported rows) to every scene, as client.search would."""
+    n = len(qs.queries)
+    found, det_rows, det_box = np.zeros(n, bool), np.zeros(n, int), np.zeros((n, 4), np.float32)
+    cover = {0.5: 0, 0.7: 0}
+    reported = detections = hits = 0
+    for i, sc in enumerate(qs.scenes):
+        rows = policy(sc)
+        reported += len(rows)
+        dets = [r for r in rows if r < spec.MAX_OBJECTS]
+        detections += len(dets)
+        taken = match_detections(sc.boxes, sc.scores, rows, sc.gt)
+        hits += sum(r < spec.MAX_OBJECTS for r in taken.values())
+        for j, r in taken.items():
+            found[sc.first + j], det_rows[sc.first + j], det_box[sc.first + j] = True, qs.det_crop_of[i, r], sc.boxes[r]
+        if len(sc.gt) and rows:
+            best = imaging.box_iou(sc.gt, sc.boxes[rows]).max(1)
+            for t in cover:
+                cover[t] += int((best >= t).sum())
+    boxes = {"products with a box IoU>=0.5": round(float(cover[0.5] / max(n, 1)), 4),
+             "products with a box IoU>=0.7": round(float(cover[0.7] / max(n, 1)), 4),
+             "recall (one box per product, IoU>=0.5)": round(float(found.mean()) if n else 0.0, 4),
+             "precision of reported detections": round(hits / max(detections, 1), 4),
+             "objects per photo": round(reported / max(len(qs.scenes), 1), 3)}
+    return Selection(found, det_rows, det_box, boxes)
 
 
 def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: int) -> QuerySet:
     rng = np.random.default_rng(seed)
     bgs = Backgrounds(sources.eval_backgrounds)
     queries: list[Query] = []
-    gt_crops, det_crops = [], []
+    scenes: list[SceneRows] = []
+    gt_crops, det_crops, det_crop_of = [], [], {}
     det_boxes_all, det_scores_all, gt_all, thumbs = [], [], [], []
     cutter = dataset.CropCutter()
     for i in tqdm(range(n_scenes), desc="query scenes", unit="scene"):
         scene = make_scene(sources.held_out, bgs, rng)
         out = runner.detect(scene.image)
         src, size = out[spec.CROP_SOURCE.name], out[spec.IMAGE_SIZE.name]
-        boxes_px, scores, crops = out[spec.BOXES.name], out[spec.SCORES.name], out[spec.CROPS.name]
-        rows = [r for r in np.where(out[spec.VALID.name])[0] if r < spec.MAX_OBJECTS]
         gt = np.array([o.box for o in scene.objects], np.float32).reshape(-1, 4)
         gt_norm = gt / float(max(size))
         gt_all.append(gt_norm)
         det_boxes_all.append(out[spec.DET_BOXES.name][0]); det_scores_all.append(out[spec.DET_SCORES.name][0])
-        taken = match_detections(boxes_px, scores, rows, gt)
+        sc = SceneRows(out[spec.BOXES.name], out[spec.SCORES.name], out[spec.VALID.name].astype(bool), gt, len(queries))
+        scenes.append(sc)
         if len(gt):
             gt_crops.append(cutter(src, size, gt_norm))
-        for j, o in enumerate(scene.objects):
-            q = Query(i, o.product_id, o.fine_class, o.box, o.transform,
-                      "procedural" if scene.background == "procedural" else "photo")
-            if j in taken:
-                q.det_row, q.det_box = len(det_crops), tuple(float(v) for v in boxes_px[taken[j]])
-                det_crops.append(crops[taken[j]])
-            queries.append(q)
+            rows = [int(r) for r in np.where(imaging.box_iou(sc.boxes, gt).max(1) >= MATCH_IOU)[0]]
+            det_crop_of.update({(i, r): len(det_crops) + k for k, r in enumerate(rows)})
+            det_crops += list(runner.crops(out, rows)) if rows else []
+        for o in scene.objects:
+            queries.append(Query(i, o.product_id, o.fine_class, o.box, o.transform,
+                                 "procedural" if scene.background == "procedural" else "photo"))
         if len(thumbs) < 200:
             thumbs.append(scene.image)
     empty = np.zeros((0, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)
-    return QuerySet(queries, np.concatenate(gt_crops), np.stack(det_crops) if det_crops else empty,
+    return QuerySet(queries, scenes, np.concatenate(gt_crops), np.stack(det_crops) if det_crops else empty, det_crop_of,
                     detection_metrics(det_boxes_all, det_scores_all, gt_all), thumbs)
 
 
-def ranks(q: np.ndarray, g: np.ndarray, target: np.ndarray, allowed: np.ndarray | None = None, binary: bool = False) -> np.ndarray:
+def ranks(q: np.ndarray, g: np.ndarray, target: np.ndarray, allowed: np.ndarray | None = None, binary: bool = False,
+          groups: np.ndarray | None = None) -> np.ndarray:
     """Rank (1 = first) of each query's target gallery row; inf when filtered out. Ties count against
-    the query (pessimistic), which matters for binary codes."""
+    the query (pessimistic), which matters for binary codes. ``groups``: the gallery row's group (sorted);
+    a group scores its best row, as the store's search groups points by product, and ``target`` is a group."""
     if binary:
         qb, gb = np.sign(q) + (q == 0), np.sign(g) + (g == 0)
         sims = qb @ gb.T  # = D - 2 * hamming
@@ -180,6 +280,9 @@ def ranks(q: np.ndarray, g: np.ndarray, target: np.ndarray, allowed: np.ndarray 
         sims = q @ g.T
     if allowed is not None:
         sims = np.where(allowed, sims, -np.inf)
+    if groups is not None:
+        ids, starts = np.unique(groups, return_index=True)
+        sims, target = np.maximum.reduceat(sims, starts, axis=1), np.searchsorted(ids, target)
     tgt = sims[np.arange(len(q)), target]
     r = 1 + (sims >= tgt[:, None]).sum(1) - 1
     r = r.astype(float)
@@ -240,55 +343,127 @@ def load_setup(args) -> Setup:
 @dataclass
 class Described:
     """The gallery and the queries through the classifier and the embedders (Runner.describe)."""
-    gallery: dict[str, np.ndarray]
+    gallery: dict[str, np.ndarray]  # the catalog's points as client.catalog stores them (GROUP: their image)
     gt: dict[str, np.ndarray]  # query crops at ground-truth boxes
-    det: dict[str, np.ndarray] | None  # query crops at detected boxes (None: nothing detected)
-    target: np.ndarray  # each query's gallery row
-    found: np.ndarray  # bool: the detector found the query's object
-    det_rows: np.ndarray  # each query's row in ``det`` (0 when not found)
+    det: dict[str, np.ndarray] | None  # query crops at detected boxes (QuerySet.det_crops; None: nothing detected)
+    target: np.ndarray  # each query's catalog image (gallery GROUP)
+    selections: dict[str, Selection]  # box source ("detected": client.search's rows) -> which queries got a box
+
+    def with_gallery(self, gallery: dict[str, np.ndarray]) -> "Described":
+        return Described(gallery, self.gt, self.det, self.target, self.selections)
+
+    def item_category(self) -> np.ndarray:
+        """The category of each catalog image (its first point's)."""
+        return self.gallery[CATEGORY][np.unique(self.gallery[GROUP], return_index=True)[1]]
+
+
+GT = "ground truth"
+
+
+def source_ranks(d: Described, source: str, space: str, filtered: float | None, binary: bool = False) -> np.ndarray:
+    """Each query's rank with the boxes of ``source`` (GT or a key of d.selections) in embedding ``space``.
+    filtered: None = whole gallery; tau = search within the query's predicted category when its
+    category_score >= tau (0 = always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
+    n = len(d.target)
+    if source == GT:
+        q, qidx, ok = d.gt, np.arange(n), np.ones(n, bool)
+    elif d.det is None:
+        return np.full(n, np.inf)
+    else:
+        q, qidx, ok = d.det, d.selections[source].det_rows, d.selections[source].found
+    allowed = None
+    if filtered is not None:
+        allowed = (d.gallery[CATEGORY][None, :] == q[CATEGORY][qidx][:, None]) | (q[CATEGORY_SCORE][qidx] < filtered)[:, None]
+    r = ranks(q[space][qidx], d.gallery[space], d.target, allowed, binary, groups=d.gallery[GROUP])
+    r[~ok] = np.inf
+    return r
 
 
 def retrieval_table(d: Described, space: str, filtered: float | None, binary: bool = False) -> dict:
-    """Per box source, the summary and ranks of every query in embedding ``space``. filtered: None = whole
-    gallery; tau = search within the query's predicted category when its category_score >= tau (0 =
-    always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
-    n = len(d.target)
+    """Per box source (every selection, then ground truth), the summary and ranks of every query."""
     res = {}
-    for boxes in ("detected", "ground truth"):
-        if boxes == "ground truth":
-            q, qidx, ok = d.gt, np.arange(n), np.ones(n, bool)
-        else:
-            if d.det is None:
-                res[boxes] = summarise(np.full(n, np.inf))
-                continue
-            q, qidx, ok = d.det, d.det_rows, d.found
-        allowed = None
-        if filtered is not None:
-            allowed = (d.gallery[CATEGORY][None, :] == q[CATEGORY][qidx][:, None]) | (q[CATEGORY_SCORE][qidx] < filtered)[:, None]
-        r = ranks(q[space][qidx], d.gallery[space], d.target, allowed, binary)
-        r[~ok] = np.inf
-        res[boxes] = summarise(r)
-        res[boxes]["_ranks"] = r
+    for source in (*d.selections, GT):
+        r = source_ranks(d, source, space, filtered, binary)
+        res[source] = summarise(r) | {"_ranks": r}
     return res
 
 
 def retrieval_metrics(d: Described) -> tuple[dict, dict]:
     """The retrieval tables (trained embedder float and binary, baseline) and the category filter sweep."""
     tau = spec.CATEGORY_FILTER_MIN_SCORE
-    policy = f"category filter if score >= {tau} (client.search)"
     results = {
-        "trained embedder, float": {"no filter": retrieval_table(d, EMBEDDINGS, None), policy: retrieval_table(d, EMBEDDINGS, tau),
+        "trained embedder, float": {"no filter": retrieval_table(d, EMBEDDINGS, None), POLICY: retrieval_table(d, EMBEDDINGS, tau),
                                     "category filter always": retrieval_table(d, EMBEDDINGS, 0.0)},
         "trained embedder, binary (sign bits)": {"no filter": retrieval_table(d, EMBEDDINGS, None, True),
-                                                 policy: retrieval_table(d, EMBEDDINGS, tau, True)},
-        "off-the-shelf backbone (baseline)": {"no filter": retrieval_table(d, BASELINE, None), policy: retrieval_table(d, BASELINE, tau)},
+                                                 POLICY: retrieval_table(d, EMBEDDINGS, tau, True)},
+        "off-the-shelf backbone (baseline)": {"no filter": retrieval_table(d, BASELINE, None), POLICY: retrieval_table(d, BASELINE, tau)},
     }
     sweep = {}
     for t in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
-        r = retrieval_table(d, EMBEDDINGS, t)
-        sweep[str(t)] = {"R@5 det": r["detected"]["R@5"], "R@5 gt": r["ground truth"]["R@5"],
+        r = {b: summarise(source_ranks(d, b, EMBEDDINGS, t)) for b in ("detected", GT)}
+        sweep[str(t)] = {"R@1 det": r["detected"]["R@1"], "R@5 det": r["detected"]["R@5"], "R@5 gt": r[GT]["R@5"],
                          "share of queries filtered (gt)": round(float(np.mean(d.gt[CATEGORY_SCORE] >= t)), 3)}
     return results, sweep
+
+
+VALID_ONLY = "detected, valid rows only (before)"
+POLICY = f"category filter if score >= {spec.CATEGORY_FILTER_MIN_SCORE} (client.search)"
+KINDS = {"all": lambda q: True, "real photo": lambda q: "__" in q.product_id, "drawn": lambda q: "__" not in q.product_id}
+
+
+def by_kind(r: np.ndarray, queries: list[Query]) -> dict:
+    """R@1 and R@5 of ranks ``r`` over every query, the real-photo products and the drawn ones."""
+    out = {}
+    for kind, fn in KINDS.items():
+        ix = np.array([fn(q) for q in queries], bool)
+        out[kind] = {"R@1": round(float(np.mean(r[ix] <= 1)), 4) if ix.any() else None,
+                     "R@5": round(float(np.mean(r[ix] <= 5)), 4) if ix.any() else None, "n": int(ix.sum())}
+    return out
+
+
+def headline(results: dict, queries: list[Query]) -> dict:
+    """The issue's numbers (trained embedder, the client's category filter), per box source and product kind."""
+    names = {"detected": "detected boxes (client.search.select_rows)", VALID_ONLY: VALID_ONLY, GT: "ground truth boxes"}
+    rows = {names[src]: by_kind(r["_ranks"], queries) for src, r in results["trained embedder, float"][POLICY].items()}
+    rows["ground truth boxes, baseline"] = by_kind(results["off-the-shelf backbone (baseline)"][POLICY][GT]["_ranks"], queries)
+    rows["detected boxes, no category filter"] = by_kind(results["trained embedder, float"]["no filter"]["detected"]["_ranks"], queries)
+    return rows
+
+
+def catalog_views(d: Described, full: dict[str, np.ndarray], queries: list[Query]) -> dict:
+    """What storing the whole-image point next to the best detection does (trained embedder, client's filter);
+    ``full``: run_catalog's points, both views."""
+    out = {}
+    for whole in (False, True):
+        dv = d.with_gallery(catalog_points(full, whole))
+        name = "best detection + whole image" if whole else "best detection only"
+        out[name] = {f"{b} boxes": by_kind(source_ranks(dv, b, EMBEDDINGS, spec.CATEGORY_FILTER_MIN_SCORE), queries)
+                     for b in (*d.selections, GT)}
+        out[name]["points"] = int(len(dv.gallery[GROUP]))
+    return out
+
+
+# The selection sweep: round values around the client's policy (client.search), plus the two extremes.
+SWEEP_EXTRA, SWEEP_MIN_SCORE, SWEEP_OVERLAP = (0, 1, 2, 3), (0.05, 0.1, 0.2), (0.3, 0.5, 0.7)
+
+
+def selection_sweep(qs: QuerySet, d: Described) -> dict:
+    """Per row policy: the boxes it reports (products that get one, cost) and R@1 with them (client's filter)."""
+    policies = {"valid rows only (before)": valid_detections,
+                "every detection row": lambda sc: list(range(spec.MAX_OBJECTS))}
+    for n in SWEEP_EXTRA:
+        for floor in SWEEP_MIN_SCORE if n else (1.0,):
+            for overlap in SWEEP_OVERLAP:
+                policies[f"extra {n}, score >= {floor}, IoU <= {overlap}" if n else f"extra 0, IoU <= {overlap}"] = \
+                    lambda sc, n=n, f=floor, o=overlap: select_rows(sc.outputs(), extra=n, min_score=f, max_overlap=o)
+    out = {}
+    for name, policy in policies.items():
+        sel = select(qs, policy)
+        dv = Described(d.gallery, d.gt, d.det, d.target, {"p": sel})
+        kinds = by_kind(source_ranks(dv, "p", EMBEDDINGS, spec.CATEGORY_FILTER_MIN_SCORE), qs.queries)
+        out[name] = sel.boxes | {"R@1": kinds["all"]["R@1"], "R@1 real photo": kinds["real photo"]["R@1"],
+                                 "R@1 drawn": kinds["drawn"]["R@1"]}
+    return out
 
 
 def classifier_metrics(d: Described, queries: list[Query], setup: Setup, row_of: dict[str, int]) -> dict:
@@ -297,14 +472,15 @@ def classifier_metrics(d: Described, queries: list[Query], setup: Setup, row_of:
     known = np.array([q.fine_class in merge_map for q in queries])
     fine_ok = np.array([f == q.fine_class for f, q in zip(d.gt[spec.FINE_CLASS.name], queries)])
     cat_ok = np.array([q.fine_class in merge_map and c == merge_map[q.fine_class] for c, q in zip(d.gt[CATEGORY], queries)])
-    agree = d.gt[CATEGORY] == d.gallery[CATEGORY][d.target]
+    item_category = d.item_category()
+    agree = d.gt[CATEGORY] == item_category[d.target]
     return {
         "queries_of_known_fine_class": int(known.sum()), "queries_of_unseen_fine_class": int((~known).sum()),
         "fine_accuracy (known classes)": round(float(fine_ok[known].mean()), 4) if known.any() else None,
         "category_accuracy (known classes)": round(float(cat_ok[known].mean()), 4) if known.any() else None,
         "query category == its catalog image's category (all)": round(float(agree.mean()), 4),
         "catalog images: category accuracy (held-out products of known classes)": round(float(np.mean([
-            d.gallery[CATEGORY][row_of[p.product_id]] == merge_map[p.fine_class]
+            item_category[row_of[p.product_id]] == merge_map[p.fine_class]
             for p in setup.sources.held_out if p.fine_class in merge_map])), 4),
     }
 
@@ -312,7 +488,7 @@ def classifier_metrics(d: Described, queries: list[Query], setup: Setup, row_of:
 def per_transform_metrics(results: dict, queries: list[Query], found: np.ndarray) -> dict:
     """Recall of the trained embedder (no filter) and of the baseline, per bin of each scene transform."""
     trained_det = results["trained embedder, float"]["no filter"]["detected"]["_ranks"]
-    trained_gt = results["trained embedder, float"]["no filter"]["ground truth"]["_ranks"]
+    trained_gt = results["trained embedder, float"]["no filter"][GT]["_ranks"]
     base_det = results["off-the-shelf backbone (baseline)"]["no filter"]["detected"]["_ranks"]
     per_transform = {}
     for name, fn in TRANSFORM_BINS.items():
@@ -332,11 +508,11 @@ def evaluate(args) -> dict:
     t0 = time.time()
     setup = load_setup(args)
     sources = setup.sources
-    runner = Runner(args.repository, args.build_dir / "backbone.onnx")
+    runner = Runner(args.repository, args.build_dir / "backbone.onnx", pad=args.pad_boxes)
     timings = {}
     items = gallery_items(sources, args.distractors, args.seed)
     t = time.time()
-    gallery = run_catalog(runner, items)
+    full = run_catalog(runner, items)
     timings["gallery_s"] = round(time.time() - t, 1)
     row_of = {it.product_id: i for i, it in enumerate(items) if it.product_id}
     t = time.time()
@@ -347,12 +523,18 @@ def evaluate(args) -> dict:
     det = runner.describe(qs.det_crops) if len(qs.det_crops) else None
     timings["query_crops_s"] = round(time.time() - t, 1)
     queries = qs.queries
-    d = Described(gallery, gt, det, np.array([row_of[q.product_id] for q in queries]),
-                  np.array([q.det_row is not None for q in queries]),
-                  np.array([q.det_row if q.det_row is not None else 0 for q in queries]))
+    selections = {"detected": select(qs, lambda sc: select_rows(sc.outputs())),  # what client.search reports
+                  VALID_ONLY: select(qs, valid_detections)}
+    d = Described(catalog_points(full, CATALOG_WHOLE_IMAGE), gt, det, np.array([row_of[q.product_id] for q in queries]), selections)
     results, filter_sweep = retrieval_metrics(d)
     classifier = classifier_metrics(d, queries, setup, row_of)
-    per_transform = per_transform_metrics(results, queries, d.found)
+    found = selections["detected"].found
+    per_transform = per_transform_metrics(results, queries, found)
+    t = time.time()
+    objects = {"client policy (select_rows)": selections["detected"].boxes, VALID_ONLY: selections[VALID_ONLY].boxes}
+    sweep = selection_sweep(qs, d)
+    views = catalog_views(d, full, queries)
+    timings["sweeps_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
     metrics = {
         "setup": {"profile": setup.log.get("profile"), "photoset": setup.photoset, "seed": args.seed,
@@ -360,8 +542,12 @@ def evaluate(args) -> dict:
                   "gallery": len(items), "distractors": sum(it.kind == "distractor" for it in items),
                   "query_scenes": args.scenes, "query_objects": len(queries),
                   "eval_background_photos": len(sources.eval_backgrounds), "categories": len(set(setup.merge_map.values())),
-                  "score_threshold": spec.SCORE_THRESHOLD},
-        "detector": qs.detector, "detector_found_queries": round(float(d.found.mean()), 4),
+                  "score_threshold": spec.SCORE_THRESHOLD, "pad_boxes": args.pad_boxes, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
+                  "catalog_points": int(len(d.gallery[GROUP])),
+                  "catalog_images_without_valid_detection": len(items) - int(np.sum(full[VIEW] == 1))},
+        "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4),
+        "objects_reported": objects, "headline": headline(results, queries), "catalog_views": views,
+        "selection_sweep": sweep,
         "classifier": classifier, "retrieval": results, "category_filter_sweep": filter_sweep, "per_transform": per_transform, "timings": timings,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -383,12 +569,15 @@ def write_metrics(out: Path, metrics: dict) -> dict:
 
 def examples(path: Path, queries: list[Query], thumbs, items: list[GalleryItem], d: Described, n: int = 8) -> None:
     """Rows of: the query scene with its box, then the top-5 catalog images (the right one framed green)."""
+    sel = d.selections["detected"]
     if d.det is None:
         return
-    cand = [i for i, q in enumerate(queries) if d.found[i] and q.scene < len(thumbs)]
+    cand = [i for i, q in enumerate(queries) if sel.found[i] and q.scene < len(thumbs)]
     if not cand:
         return
-    sims = d.det[EMBEDDINGS][d.det_rows[cand]] @ d.gallery[EMBEDDINGS].T
+    groups = d.gallery[GROUP]
+    sims = d.det[EMBEDDINGS][sel.det_rows[cand]] @ d.gallery[EMBEDDINGS].T
+    sims = np.maximum.reduceat(sims, np.unique(groups, return_index=True)[1], axis=1)  # per catalog image
     target = d.target
     top = np.argsort(-sims, axis=1)[:, :5]
     hit = top[:, 0] == target[cand]
@@ -399,7 +588,7 @@ def examples(path: Path, queries: list[Query], thumbs, items: list[GalleryItem],
     for row, c in enumerate(pick):
         q = queries[cand[c]]
         sc = thumbs[q.scene].copy()
-        ImageDraw.Draw(sc).rectangle(q.det_box, outline=(255, 0, 0), width=4)
+        ImageDraw.Draw(sc).rectangle(tuple(sel.det_box[cand[c]]), outline=(255, 0, 0), width=4)
         sc.thumbnail((cell - 6, cell - 6))
         sheet.paste(sc, (3, row * cell + 3))
         for k, g in enumerate(top[c]):
@@ -419,21 +608,49 @@ def _fmt(v) -> str:
 
 def report(m: dict) -> str:
     s = m["setup"]
+    pad_note = f"; detection boxes padded by {s['pad_boxes']} per side before cropping (NOT the served graph)" if s["pad_boxes"] else ""
     lines = ["# Retrieval evaluation (held-out products)", "",
              f"Profile `{s['profile']}`, photoset: `{s['photoset']}`, evaluation seed {s['seed']}. "
              f"{s['held_out_products']} held-out products (never in training), {s['training_products']} training products; "
              f"gallery of {s['gallery']} catalog images ({s['distractors']} distractors); {s['query_objects']} query objects in "
              f"{s['query_scenes']} scenes on {s['eval_background_photos']} held-out background photos (and procedural ones); "
-             f"{s['categories']} merged categories; detector threshold {s['score_threshold']}.", "",
-             "## Detector (query scenes)", "",
+             f"{s['categories']} merged categories; detector threshold {s['score_threshold']}"
+             f"{pad_note}. Catalog: "
+             f"{s['catalog_points']} points ({'best detection + whole image' if s['catalog_whole_image'] else 'best detection'} "
+             f"per image; {s['catalog_images_without_valid_detection']} images without a valid detection).", "",
+             "## Headline (trained embedder, the client's category filter)", "",
+             "\"detected\" boxes are the objects client.search reports (client.search.select_rows); \"valid rows only\" "
+             "is what it reported before (detections above the threshold).", "",
+             "| boxes | R@1 | R@5 | R@1 real photo | R@5 real photo | R@1 drawn | R@5 drawn |", "|---|---|---|---|---|---|---|"]
+    for name, k in m["headline"].items():
+        lines.append(f"| {name} | {_fmt(k['all']['R@1'])} | {_fmt(k['all']['R@5'])} | {_fmt(k['real photo']['R@1'])} | "
+                     f"{_fmt(k['real photo']['R@5'])} | {_fmt(k['drawn']['R@1'])} | {_fmt(k['drawn']['R@5'])} |")
+    cols = list(next(iter(m["objects_reported"].values())))
+    lines += ["", "## Objects a photo gives (query scenes)", "",
+              "| rows reported | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for name, r in m["objects_reported"].items()]
+    cols = list(next(iter(m["selection_sweep"].values())))
+    lines += ["", "Row policy sweep (client.search.select_rows with other parameters; R@1 with the client's filter):", "",
+              "| policy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for name, r in m["selection_sweep"].items()]
+    lines += ["", "## Catalog views (trained embedder, the client's category filter)", "",
+              "| catalog stores | points | boxes | R@1 | R@5 | R@1 real photo | R@5 real photo | R@1 drawn | R@5 drawn |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, v in m["catalog_views"].items():
+        for boxes, k in v.items():
+            if boxes != "points":
+                lines.append(f"| {name} | {v['points']} | {boxes} | {_fmt(k['all']['R@1'])} | {_fmt(k['all']['R@5'])} | "
+                             f"{_fmt(k['real photo']['R@1'])} | {_fmt(k['real photo']['R@5'])} | {_fmt(k['drawn']['R@1'])} | "
+                             f"{_fmt(k['drawn']['R@5'])} |")
+    lines += ["", "## Detector (query scenes)", "",
              "| AP@0.5 | recall @ threshold | precision @ threshold | objects |", "|---|---|---|---|",
              f"| {_fmt(m['detector']['ap50'])} | {_fmt(m['detector']['recall_at_threshold'])} | "
              f"{_fmt(m['detector']['precision_at_threshold'])} | {m['detector']['objects']} |", "",
              "## Classifier (ground-truth crops of held-out products)", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in m["classifier"].items()]
     lines += ["", "## Retrieval", "",
-              "mAP: one relevant catalog image per query, so AP = 1/rank (mean reciprocal rank). A query whose object the "
-              "detector missed (no valid box with IoU >= 0.5) counts as a miss at every k.", "",
+              "mAP: one relevant catalog image per query, so AP = 1/rank (mean reciprocal rank). A query whose object "
+              "got no reported box with IoU >= 0.5 counts as a miss at every k.", "",
               "| embedding | filter | boxes | R@1 | R@5 | R@20 | mAP | n |", "|---|---|---|---|---|---|---|---|"]
     for emb, by_filter in m["retrieval"].items():
         for filt, by_boxes in by_filter.items():
@@ -441,9 +658,10 @@ def report(m: dict) -> str:
                 lines.append(f"| {emb} | {filt} | {boxes} | {_fmt(r['R@1'])} | {_fmt(r['R@5'])} | {_fmt(r['R@20'])} | {_fmt(r['mAP'])} | {r['n']} |")
     lines += ["", "Category filter threshold sweep (trained embedder): R@5 with the filter applied when the query's "
               "category_score >= threshold (0 = always); compare with the no-filter rows above.", "",
-              "| threshold | R@5 detected | R@5 ground truth | queries filtered |", "|---|---|---|---|"]
+              "| threshold | R@1 detected | R@5 detected | R@5 ground truth | queries filtered |", "|---|---|---|---|---|"]
     for t, r in m["category_filter_sweep"].items():
-        lines.append(f"| {t} | {_fmt(r['R@5 det'])} | {_fmt(r['R@5 gt'])} | {_fmt(r['share of queries filtered (gt)'])} |")
+        lines.append(f"| {t} | {_fmt(r['R@1 det'])} | {_fmt(r['R@5 det'])} | {_fmt(r['R@5 gt'])} | "
+                     f"{_fmt(r['share of queries filtered (gt)'])} |")
     lines += ["", "## Per transform (trained embedder, no filter)", "",
               "| transform | bin | n | detected | R@1 det | R@5 det | R@1 gt | baseline R@1 det |", "|---|---|---|---|---|---|---|---|"]
     for name, bins in m["per_transform"].items():
@@ -464,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-photoset", action="store_true", help="ignore the photoset the models were trained with")
     ap.add_argument("--synthetic-per-class", type=int, help="drawn products per class (default: as in training); "
                     "use the same value to compare models trained with different counts on one held-out set")
+    ap.add_argument("--pad-boxes", type=float, default=0.0, help="measure a crop graph that pads detection boxes by this "
+                    "share of their width and height per side (query rows and catalog detections; the served graph: 0)")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "eval")
     args = ap.parse_args(argv)
     evaluate(args)

@@ -22,3 +22,16 @@ def test_evaluate_small_run_writes_consistent_report(built, tmp_path):
     assert trained["R@20"] >= 0.3, trained  # held-out drawn products among ~200 catalog images: far above chance (0.1)
     assert 0 <= m["detector"]["ap50"] <= 1 and m["detector"]["objects"] == s["query_objects"]
     assert set(m["per_transform"]) >= {"background", "scale", "rotation", "light", "blur", "jpeg", "occlusion"}
+    # the objects client.search reports (select_rows) next to the valid rows it reported before
+    assert set(m["retrieval"]["trained embedder, float"]["no filter"]) == {"detected", evaluate.VALID_ONLY, evaluate.GT}
+    policy, before = m["objects_reported"]["client policy (select_rows)"], m["objects_reported"][evaluate.VALID_ONLY]
+    for r in (policy, before):
+        assert 0 <= r["products with a box IoU>=0.7"] <= r["products with a box IoU>=0.5"] <= 1
+        assert r["recall (one box per product, IoU>=0.5)"] <= r["products with a box IoU>=0.5"]
+    assert policy["objects per photo"] >= 1
+    sweep = m["selection_sweep"]
+    assert sweep["every detection row"]["products with a box IoU>=0.5"] >= policy["products with a box IoU>=0.5"]
+    assert sweep["valid rows only (before)"]["R@1"] == m["retrieval"]["trained embedder, float"][evaluate.POLICY][evaluate.VALID_ONLY]["R@1"]
+    views = m["catalog_views"]
+    assert views["best detection + whole image"]["points"] >= views["best detection only"]["points"] == s["gallery"]
+    assert s["catalog_points"] == views["best detection + whole image" if s["catalog_whole_image"] else "best detection only"]["points"]
