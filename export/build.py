@@ -116,13 +116,23 @@ def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict) -> Trai
 
 # --- training stages ----------------------------------------------------------------------------------
 # ``old``: the heads of the previous build when only some heads are retrained; a stage whose head is
-# not in ``retrain`` takes its weights (and its curve) from there. The order of the stages and of the
-# torch modules they create is the order of the seeded random draws: keep it.
+# not in ``retrain`` takes its weights (and its curve) from there. Each stage seeds torch itself
+# (seed_stage), so what it trains depends only on its inputs: ``--retrain X`` gives the heads a full
+# build would give.
+
+STAGE_SEEDS = {"detector": 1, "merge": 2, "classifier": 3, "embedder": 4}
+
+
+def seed_stage(tcfg: "train.TrainConfig", stage: str) -> None:
+    import torch
+
+    torch.manual_seed(tcfg.seed * 100 + STAGE_SEEDS[stage])
 
 def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old: "Heads | None" = None,
                    retrain: tuple[str, ...] = ()) -> "Detector":
     from export import train
 
+    seed_stage(tcfg, "detector")
     if old and spec.DETECTOR.name not in retrain:
         det = old.detector_model()
         log["detector_curve"] = old.log.get("detector_curve")
@@ -147,6 +157,7 @@ def merge_categories(data: TrainingData, tcfg: "train.TrainConfig", log: dict) -
 
     from export import merge, train
 
+    seed_stage(tcfg, "merge")
     fine, crops, pooled = data.sources.fine_classes, data.crops, data.pooled
     fine_of = data.fine_of
     tr = ~crops.val
@@ -185,6 +196,7 @@ def classifier_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, o
 
     from export import train
 
+    seed_stage(tcfg, "classifier")
     fine_of, va = data.fine_of, data.crops.val
     if old and spec.CLASSIFIER.name not in retrain:
         cls = old.classifier_model()
@@ -229,6 +241,7 @@ def embedder_stage(data: TrainingData, tcfg: "train.TrainConfig", merge_map: dic
     from export import train
     from export.models import Embedder
 
+    seed_stage(tcfg, "embedder")
     crops, tr = data.crops, ~data.crops.val
     emb = Embedder(tune_head=tcfg.emb_tune_head)
     train.pca_init(emb.proj, emb.center, data.pooled[tr])

@@ -1,0 +1,74 @@
+"""The text of ``export.evaluate``'s report.md: a pure function of its metrics.json dictionary."""
+from __future__ import annotations
+
+import math
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def report(m: dict) -> str:
+    s = m["setup"]
+    pad_note = f"; detection boxes padded by {s['pad_boxes']} per side before cropping (NOT the served graph)" if s["pad_boxes"] else ""
+    lines = ["# Retrieval evaluation (held-out products)", "",
+             f"Profile `{s['profile']}`, photoset: `{s['photoset']}`, evaluation seed {s['seed']}. "
+             f"{s['held_out_products']} held-out products (never in training), {s['training_products']} training products; "
+             f"gallery of {s['gallery']} catalog images ({s['distractors']} distractors); {s['query_objects']} query objects in "
+             f"{s['query_scenes']} scenes on {s['eval_background_photos']} held-out background photos (and procedural ones); "
+             f"{s['categories']} merged categories; detector threshold {s['score_threshold']}"
+             f"{pad_note}. Catalog: "
+             f"{s['catalog_points']} points ({'best detection + whole image' if s['catalog_whole_image'] else 'best detection'} "
+             f"per image; {s['catalog_images_without_valid_detection']} images without a valid detection).", "",
+             "## Headline (trained embedder, the client's category filter)", "",
+             "\"detected\" boxes are the objects client.search reports (client.search.select_rows); \"valid rows only\" "
+             "is what it reported before (detections above the threshold).", "",
+             "| boxes | R@1 | R@5 | R@1 real photo | R@5 real photo | R@1 drawn | R@5 drawn |", "|---|---|---|---|---|---|---|"]
+    for name, k in m["headline"].items():
+        lines.append(f"| {name} | {_fmt(k['all']['R@1'])} | {_fmt(k['all']['R@5'])} | {_fmt(k['real photo']['R@1'])} | "
+                     f"{_fmt(k['real photo']['R@5'])} | {_fmt(k['drawn']['R@1'])} | {_fmt(k['drawn']['R@5'])} |")
+    cols = list(next(iter(m["objects_reported"].values())))
+    lines += ["", "## Objects a photo gives (query scenes)", "",
+              "| rows reported | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for name, r in m["objects_reported"].items()]
+    cols = list(next(iter(m["selection_sweep"].values())))
+    lines += ["", "Row policy sweep (client.search.select_rows with other parameters; R@1 with the client's filter):", "",
+              "| policy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for name, r in m["selection_sweep"].items()]
+    lines += ["", "## Catalog views (trained embedder, the client's category filter)", "",
+              "| catalog stores | points | boxes | R@1 | R@5 | R@1 real photo | R@5 real photo | R@1 drawn | R@5 drawn |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, v in m["catalog_views"].items():
+        for boxes, k in v.items():
+            if boxes != "points":
+                lines.append(f"| {name} | {v['points']} | {boxes} | {_fmt(k['all']['R@1'])} | {_fmt(k['all']['R@5'])} | "
+                             f"{_fmt(k['real photo']['R@1'])} | {_fmt(k['real photo']['R@5'])} | {_fmt(k['drawn']['R@1'])} | "
+                             f"{_fmt(k['drawn']['R@5'])} |")
+    lines += ["", "## Detector (query scenes)", "",
+             "| AP@0.5 | recall @ threshold | precision @ threshold | objects |", "|---|---|---|---|",
+             f"| {_fmt(m['detector']['ap50'])} | {_fmt(m['detector']['recall_at_threshold'])} | "
+             f"{_fmt(m['detector']['precision_at_threshold'])} | {m['detector']['objects']} |", "",
+             "## Classifier (ground-truth crops of held-out products)", ""]
+    lines += [f"- {k}: {_fmt(v)}" for k, v in m["classifier"].items()]
+    lines += ["", "## Retrieval", "",
+              "mAP: one relevant catalog image per query, so AP = 1/rank (mean reciprocal rank). A query whose object "
+              "got no reported box with IoU >= 0.5 counts as a miss at every k.", "",
+              "| embedding | filter | boxes | R@1 | R@5 | R@20 | mAP | n |", "|---|---|---|---|---|---|---|---|"]
+    for emb, by_filter in m["retrieval"].items():
+        for filt, by_boxes in by_filter.items():
+            for boxes, r in by_boxes.items():
+                lines.append(f"| {emb} | {filt} | {boxes} | {_fmt(r['R@1'])} | {_fmt(r['R@5'])} | {_fmt(r['R@20'])} | {_fmt(r['mAP'])} | {r['n']} |")
+    lines += ["", "Category filter threshold sweep (trained embedder): R@5 with the filter applied when the query's "
+              "category_score >= threshold (0 = always); compare with the no-filter rows above.", "",
+              "| threshold | R@1 detected | R@5 detected | R@5 ground truth | queries filtered |", "|---|---|---|---|---|"]
+    for t, r in m["category_filter_sweep"].items():
+        lines.append(f"| {t} | {_fmt(r['R@1 det'])} | {_fmt(r['R@5 det'])} | {_fmt(r['R@5 gt'])} | "
+                     f"{_fmt(r['share of queries filtered (gt)'])} |")
+    lines += ["", "## Per transform (trained embedder, no filter)", "",
+              "| transform | bin | n | detected | R@1 det | R@5 det | R@1 gt | baseline R@1 det |", "|---|---|---|---|---|---|---|---|"]
+    for name, bins in m["per_transform"].items():
+        for b, r in bins.items():
+            lines.append(f"| {name} | {b} | {r['n']} | {_fmt(r['detected'])} | {_fmt(r['R@1 det'])} | {_fmt(r['R@5 det'])} | "
+                         f"{_fmt(r['R@1 gt'])} | {_fmt(r['baseline R@1 det'])} |")
+    lines += ["", f"Timings: {m['timings']}", "", "![examples](examples.png)", ""]
+    return "\n".join(lines)
