@@ -1,9 +1,10 @@
 """python -m client.index DIR [--category-from-folders]: index a catalog folder into Qdrant.
 
-A product's id is the file name without extension. Each image goes through the Triton ensemble; its
-best detection (the whole image if none) is stored with its merged category, as one point per image
-(its id derives from the product id and the image's path under DIR, not from its bytes). Unreadable files are
-skipped and listed at the end; the rest of the batch goes on and nothing already stored is lost.
+A product's id is the file name without extension. Each image goes through the Triton ensemble and
+stores what client.catalog.catalog_rows chooses (its best detection, or the whole image if none, plus
+the whole-image embedding), with its merged category; point ids derive from the product id, the
+image's path under DIR and the object index, not from its bytes. Unreadable files are skipped and listed
+at the end; the rest of the batch goes on and nothing already stored is lost.
 Exit status: 0 all indexed, 3 some files skipped, 1 nothing could be done.
 """
 from __future__ import annotations
