@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import spec
+from export.repository import report_check
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "triton-api.md"
@@ -244,14 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=DOC)
     args = ap.parse_args(argv)
     if args.check:
-        problems = check(args.doc)
-        for p in problems:
-            print(p, file=sys.stderr)
-        if problems:
-            print(f"{args.doc} is out of date: run `python -m export.reference`", file=sys.stderr)
-            return 1
-        print(f"{args.doc} is current")
-        return 0
+        return report_check(check(args.doc), f"the Triton API reference {args.doc}", "python -m export.reference")
     problems = meaning_problems()
     if problems:
         print("\n".join(problems), file=sys.stderr)

@@ -134,20 +134,24 @@ def check(repository: Path = REPOSITORY) -> list[str]:
     return problems
 
 
+def report_check(problems: list[str], what: str, command: str) -> int:
+    """The exit status of a ``--check`` of generated files: the diffs on stderr, 1 when any differs."""
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{what}: {len(problems)} generated file(s) out of date: run `{command}`", file=sys.stderr)
+        return 1
+    print(f"{what}: current")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="do not write; exit 1 if any config is out of date")
     ap.add_argument("--repository", type=Path, default=REPOSITORY)
     args = ap.parse_args(argv)
     if args.check:
-        problems = check(args.repository)
-        for p in problems:
-            print(p, file=sys.stderr)
-        if problems:
-            print(f"{len(problems)} generated file(s) out of date: run `python -m export.repository`", file=sys.stderr)
-            return 1
-        print("model_repository configs are current")
-        return 0
+        return report_check(check(args.repository), "model_repository configs", "python -m export.repository")
     for p in write(args.repository):
         print(f"wrote {p}")
     return 0
