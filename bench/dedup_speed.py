@@ -95,22 +95,16 @@ def run_phase(folder: Path, url: str, store: Path, wrap_baseline: bool, concurre
     if wrap_baseline:  # the old library reports search + verification + grouping as one number
         verify, orb = cnn.verify, cnn.orb_features
 
-        def timed_verify(*a, **k):
-            t = time.perf_counter()
-            try:
-                return verify(*a, **k)
-            finally:
-                timers["verify"] += time.perf_counter() - t
-                timers["pairs"] += 1
-
-        def timed_orb(*a, **k):
-            t = time.perf_counter()
-            try:
-                return orb(*a, **k)
-            finally:
-                timers["orb"] += time.perf_counter() - t
-                timers["images"] += 1
-        cnn.verify, cnn.orb_features = timed_verify, timed_orb
+        def timed(fn, seconds: str, calls: str):
+            def run(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    timers[seconds] += time.perf_counter() - t
+                    timers[calls] += 1
+            return run
+        cnn.verify, cnn.orb_features = timed(verify, "verify", "pairs"), timed(orb, "orb", "images")
     n = sum(1 for _ in folder.rglob("*") if _.is_file() and _.name != "truth.json")
     with RetrievalClient(url) as client:
         client.embedder_id()

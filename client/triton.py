@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from client import imaging, spec
 from client.result import ImageResult
@@ -81,19 +81,34 @@ class RetrievalClient:
 
     def outputs(self, data: bytes, name: str = "<bytes>") -> dict[str, np.ndarray]:
         """The ensemble's raw outputs for one encoded image, every row, by tensor name."""
-        inp = grpcclient.InferInput(self.input_name, [1], "BYTES")
-        inp.set_data_from_numpy(np.array([data], dtype=object))
-        outs = [grpcclient.InferRequestedOutput(n) for n in self.output_names]
+        return self.call(self.model, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
+
+    def call(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], name: str = "<bytes>") -> dict[str, np.ndarray]:
+        """One request to any served model (the ensemble or one of its steps), by tensor name. The server's
+        INVALID_ARG becomes BadImage (about ``name``), a lost server ServerUnavailable."""
+        ins = []
+        for key, arr in inputs.items():
+            t = grpcclient.InferInput(key, list(arr.shape), np_to_triton_dtype(arr.dtype))
+            t.set_data_from_numpy(arr)
+            ins.append(t)
         try:
-            res = self._client.infer(self.model, [inp], outputs=outs, client_timeout=self.timeout)
+            res = self._client.infer(model, ins, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
+                                     client_timeout=self.timeout)
         except InferenceServerException as exc:
-            msg = (exc.message() or str(exc)).removeprefix(f"in ensemble '{self.model}', ")
+            msg = (exc.message() or str(exc)).removeprefix(f"in ensemble '{model}', ")
             if "INVALID_ARG" in str(exc.status()):
                 raise BadImage(f"{name}: {msg}") from exc
             if "UNAVAILABLE" in str(exc.status()):
                 raise ServerUnavailable(f"Triton at {self.url} went away: {msg}") from exc
-            raise TritonError(f"{name}: inference failed: {msg}") from exc
-        return {n: res.as_numpy(n) for n in self.output_names}
+            raise TritonError(f"{name}: {model} failed: {msg}") from exc
+        return {n: res.as_numpy(n) for n in outputs}
+
+    def models_ready(self, models) -> bool:
+        """Whether every one of these models is served and ready."""
+        try:
+            return all(self._client.is_model_ready(m, client_timeout=min(self.timeout, 10.0)) for m in models)
+        except InferenceServerException:
+            return False
 
     def embedder_id(self) -> str:
         """Identity of the embedder weights the server runs (asked once with a small blank image)."""

@@ -100,12 +100,9 @@ def test_cnn_encodes_the_ensembles_whole_image_row_through_the_served_steps(orig
     from client.dedup.cnn import CNN, WholeImageEncoder
 
     items = [(n, encode_jpeg(originals[n])) for n in ("coffee", "rocket", "coins")] + [("broken.jpg", b"not an image")]
-    encoder = WholeImageEncoder(client.url)
-    try:
-        assert encoder.available()
-        vec, ident = encoder.embed(items[0][1], "coffee")
-    finally:
-        encoder.close()
+    encoder = WholeImageEncoder(client)
+    assert encoder.available()
+    vec, ident = encoder.embed(items[0][1], "coffee")
     assert ident == client.embedder_id()
     feats, errors = CNN(client).encode(items)
     for name, data in items[:3]:

@@ -139,56 +139,29 @@ class GeometricCheck:
 
 class WholeImageEncoder:
     """Row K (the whole image) of the ensemble's ``embeddings``, from the served steps preprocess -> crop
-    -> embedder with only that row embedded; the tensors are the ensemble's (client/spec.py)."""
+    -> embedder with only that row embedded; the tensors are the ensemble's (client/spec.py). Requests go
+    through the RetrievalClient (its connection, its error mapping)."""
 
     STEPS = (spec.PREPROCESS.name, spec.CROP.name, spec.EMBEDDER.name)
 
-    def __init__(self, url: str, timeout: float = 60.0):
-        import tritonclient.grpc as grpcclient
-
-        self.grpc = grpcclient
-        self.client = grpcclient.InferenceServerClient(url)
-        self.timeout = timeout
+    def __init__(self, client):
+        self.client = client
 
     def available(self) -> bool:
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            return all(self.client.is_model_ready(m, client_timeout=10.0) for m in self.STEPS)
-        except InferenceServerException:
-            return False
-
-    def close(self) -> None:
-        self.client.close()
-
-    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], name: str) -> dict[str, np.ndarray]:
-        from client.triton import BadImage, TritonError
-        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
-
-        ins = []
-        for key, arr in inputs.items():
-            t = self.grpc.InferInput(key, list(arr.shape), np_to_triton_dtype(arr.dtype))
-            t.set_data_from_numpy(arr)
-            ins.append(t)
-        try:
-            res = self.client.infer(model, ins, outputs=[self.grpc.InferRequestedOutput(o) for o in outputs], client_timeout=self.timeout)
-        except InferenceServerException as exc:
-            if "INVALID_ARG" in str(exc.status()):
-                raise BadImage(f"{name}: {exc.message() or exc}") from exc
-            raise TritonError(f"{name}: {model} failed: {exc.message() or exc}") from exc
-        return {o: res.as_numpy(o) for o in outputs}
+        return self.client.models_ready(self.STEPS)
 
     def embed(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, str]:
         """(the whole-image embedding, the embedder's id) of one encoded image; BadImage when it cannot be read."""
-        pre = self._infer(spec.PREPROCESS.name, {spec.IMAGE_BYTES.name: np.array([data], dtype=object)},
-                          [spec.CROP_SOURCE.name, spec.IMAGE_SIZE.name], name)
+        call = self.client.call
+        pre = call(spec.PREPROCESS.name, {spec.IMAGE_BYTES.name: np.array([data], dtype=object)},
+                   [spec.CROP_SOURCE.name, spec.IMAGE_SIZE.name], name)
         k = spec.MAX_OBJECTS
-        crop = self._infer(spec.CROP.name, {  # no detections: row K, the whole image, does not depend on them
+        crop = call(spec.CROP.name, {  # no detections: row K, the whole image, does not depend on them
             spec.CROP_SOURCE.name: pre[spec.CROP_SOURCE.name], spec.DET_BOXES.name: np.zeros((1, k, 4), np.float32),
             spec.DET_SCORES.name: np.zeros((1, k), np.float32), spec.IMAGE_SIZE.name: pre[spec.IMAGE_SIZE.name]},
             [spec.CROPS.name], name)[spec.CROPS.name]
-        emb = self._infer(spec.EMBEDDER.name, {spec.CROPS.name: np.ascontiguousarray(crop[k:k + 1])},
-                          [spec.EMBEDDINGS.name, spec.EMBEDDER_ID.name], name)
+        emb = call(spec.EMBEDDER.name, {spec.CROPS.name: np.ascontiguousarray(crop[k:k + 1])},
+                   [spec.EMBEDDINGS.name, spec.EMBEDDER_ID.name], name)
         ident = emb[spec.EMBEDDER_ID.name].reshape(-1)[0]
         return emb[spec.EMBEDDINGS.name][0], ident.decode() if isinstance(ident, bytes) else str(ident)
 
@@ -223,29 +196,25 @@ class CNN(Method):
 
         feats: Features = {}
         errors: Errors = []
-        encoder = WholeImageEncoder(self.client.url, self.client.timeout)
-        try:
-            if encoder.available():
-                expected = self.client.embedder_id()
+        encoder = WholeImageEncoder(self.client)
+        if encoder.available():
+            expected = self.client.embedder_id()
 
-                def one(item):
-                    name, data = item
-                    try:
-                        vec, ident = encoder.embed(data, name)
-                    except BadImage as exc:
-                        return name, exc
-                    if ident != expected:
-                        raise RuntimeError(f"the served embedder changed while encoding ({expected} -> {ident}): run again")
-                    return name, vec
-                with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                    results = pool.map(one, items)
-                    for name, res in results:
-                        self._collect(name, res, feats, errors, progress)
-            else:
-                for name, res in self.client.infer_many(items, concurrency=self.concurrency):
-                    self._collect(name, res if isinstance(res, BadImage) else res.image_embedding, feats, errors, progress)
-        finally:
-            encoder.close()
+            def one(item):
+                name, data = item
+                try:
+                    vec, ident = encoder.embed(data, name)
+                except BadImage as exc:
+                    return name, exc
+                if ident != expected:
+                    raise RuntimeError(f"the served embedder changed while encoding ({expected} -> {ident}): run again")
+                return name, vec
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                for name, res in pool.map(one, items):
+                    self._collect(name, res, feats, errors, progress)
+        else:
+            for name, res in self.client.infer_many(items, concurrency=self.concurrency):
+                self._collect(name, res if isinstance(res, BadImage) else res.image_embedding, feats, errors, progress)
         return feats, errors
 
     @staticmethod
