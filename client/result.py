@@ -4,9 +4,9 @@
 from client/spec.py) into typed objects. The gRPC client (client/triton.py) and the in-process pipeline
 over the same ONNX files (export/pipeline.py) both return this, so callers cannot tell them apart.
 
-It keeps every row (``rows``: the K detections in score order, then the whole image), each with its
-``valid`` flag; ``objects`` are the valid rows only. Which rows a search reports is client policy
-(client/search.py: ``select_rows``), not this module's.
+It keeps every row (``rows``: the detections the crop step passed on, in score order, then the whole
+image), each with its ``valid`` flag; ``objects`` are the valid rows only. Which detections are rows is
+the row policy of client/spec.py, applied by the served crop graph.
 """
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ class DetectedObject:
     category: str
     category_score: float
     embedding: np.ndarray
-    whole_image: bool  # the whole-image row (row K)
+    whole_image: bool  # the whole-image row (the last)
     valid: bool = True  # above the detector's threshold (spec.SCORE_THRESHOLD); the whole image: no detection was
-    row: int = -1  # its row in the ensemble's outputs (0..K-1 detections, K the whole image)
+    row: int = -1  # its row in the ensemble's outputs (the whole image is the last)
 
 
 @dataclass
 class ImageResult:
-    rows: list[DetectedObject]  # every row of the outputs, in row order (row K = the whole image)
+    rows: list[DetectedObject]  # every row of the outputs, in row order (the last = the whole image)
     image_embedding: np.ndarray  # whole-image embedding (last row), always present
     embedder_id: str  # identity of the embedder weights that answered
 

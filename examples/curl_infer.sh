@@ -44,7 +44,7 @@ if [[ $status != 200 ]]; then
   exit 1
 fi
 
-# rows 0..K-1 are detections (sorted by score), row K the whole image (valid only when no detection is)
+# the rows before the last are detections (sorted by score), the last the whole image (valid only when no detection is)
 jq -r '
   (.outputs | map({key: .name, value: .data}) | from_entries) as $o
   | ($o.valid | length) as $rows

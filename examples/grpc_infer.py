@@ -76,7 +76,7 @@ def infer(stub: service_pb2_grpc.GRPCInferenceServiceStub, image: bytes, timeout
 
 
 def report(out: dict[str, np.ndarray]) -> list[str]:
-    """One line per valid row; row K (the last) is the whole image, valid only when no detection is."""
+    """One line per valid row; the last row is the whole image, valid only when no detection is."""
     valid = out["valid"]
     whole = len(valid) - 1
     lines = [f"embedder_id {out['embedder_id'].reshape(-1)[0].decode()}",

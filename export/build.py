@@ -284,70 +284,120 @@ def export_detector(det: "Detector", path: Path, img) -> float:
     return parity(path, lambda x: [t.numpy() for t in det(torch.from_numpy(x))], [img(1, spec.DET_SIZE), img(2, spec.DET_SIZE)])
 
 
+def export_features(backbone, path: Path, img):
+    """The shared backbone: crops -> pooled vectors. Returns (its graph, the parity against torch)."""
+    import torch
+
+    from export.models import Features
+    from export.onnx_export import export_torch, finish, metadata, parity
+
+    net = Features(backbone).eval()
+    m = export_torch(net, spec.BACKBONE, path, torch.from_numpy(img(2, spec.CROP_SIZE)))
+    finish(m, spec.BACKBONE, path, metadata(spec.BACKBONE))
+    worst = parity(path, lambda x: [net(torch.from_numpy(x)).numpy()], [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
+    return m, worst
+
+
+def _pooled(cls: "Classifier", img) -> list[np.ndarray]:
+    """Parity inputs of the heads: the backbone's pooled vectors of random crops, one and NUM_ROWS rows."""
+    import torch
+
+    return [cls.backbone.pooled(torch.from_numpy(img(n, spec.CROP_SIZE))).numpy() for n in (1, spec.NUM_ROWS)]
+
+
 def export_classifier(cls: "Classifier", path: Path, img) -> float:
     """The graph's int64 class indices become the spec's STRING outputs by a Gather on the class names."""
     import torch
 
+    from export.models import ClassifierHead
     from export.onnx_export import add_label_outputs, export_torch, finish, metadata, parity
 
+    head = ClassifierHead(cls).eval()
     fine_idx, category_idx = "fine_idx", "category_idx"  # internal to the graph: replaced by the spec's outputs
-    m = export_torch(cls, spec.CLASSIFIER, path, torch.from_numpy(img(2, spec.CROP_SIZE)),
+    m = export_torch(head, spec.CLASSIFIER, path, torch.from_numpy(_pooled(cls, img)[1]),
                      [fine_idx, category_idx, spec.CATEGORY_SCORE.name])
     add_label_outputs(m, {spec.FINE_CLASS.name: (fine_idx, cls.fine_classes), spec.CATEGORY.name: (category_idx, cls.categories)})
     finish(m, spec.CLASSIFIER, path, metadata(spec.CLASSIFIER, {"fine_classes": cls.fine_classes, "categories": cls.categories,
                                                                 "merge_map": cls.merge}))
 
     def reference(x):
-        f, c, s = cls(torch.from_numpy(x))
+        f, c, s = head(torch.from_numpy(x))
         return [np.array([cls.fine_classes[i] for i in f], dtype=object), np.array([cls.categories[i] for i in c], dtype=object), s.numpy()]
 
-    return parity(path, reference, [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
+    return parity(path, reference, _pooled(cls, img))
 
 
-def export_embedder(emb: "Embedder", path: Path, img) -> tuple[float, str]:
+def export_embedder(emb: "Embedder", features, path: Path, img) -> tuple[float, str]:
     """Returns the parity and the embedder id, the graph's constant ``spec.EMBEDDER_ID`` output (and a
-    metadata_props entry): a hash of its weights, so the server tells which embedder answers."""
+    metadata_props entry): a hash of its weights and of the ``features`` graph's, so the server tells
+    which embedding function answers."""
     import torch
 
+    from export.models import EmbedderHead
     from export.onnx_export import add_constant_output, export_torch, finish, metadata, parity, weights_id
 
-    m = export_torch(emb, spec.EMBEDDER, path, torch.from_numpy(img(2, spec.CROP_SIZE)), [spec.EMBEDDINGS.name])
-    emb_id = weights_id(m)
+    head = EmbedderHead(emb).eval()
+    pooled = [emb.backbone.pooled(torch.from_numpy(img(n, spec.CROP_SIZE))).numpy() for n in (1, spec.NUM_ROWS)]
+    m = export_torch(head, spec.EMBEDDER, path, torch.from_numpy(pooled[1]), [spec.EMBEDDINGS.name])
+    emb_id = weights_id(features, m)
     add_constant_output(m, spec.EMBEDDER_ID, emb_id)
     finish(m, spec.EMBEDDER, path, metadata(spec.EMBEDDER, {spec.EMBEDDER_ID.name: emb_id}))
-    worst = parity(path, lambda x: [emb(torch.from_numpy(x)).numpy(), np.array([emb_id], dtype=object)],
-                   [img(1, spec.CROP_SIZE), img(spec.NUM_ROWS, spec.CROP_SIZE)])
+    worst = parity(path, lambda x: [head(torch.from_numpy(x)).numpy(), np.array([emb_id], dtype=object)], pooled)
     return worst, emb_id
 
 
+def composed_parity(repo: Path, cls: "Classifier", emb: "Embedder", img) -> float:
+    """features -> classifier / embedder in onnxruntime against the whole torch models on the same crops."""
+    import torch
+
+    from export.pipeline import session
+
+    sess = {m.name: session(spec.onnx_file(repo, m.name)) for m in (spec.BACKBONE, spec.CLASSIFIER, spec.EMBEDDER)}
+    crops = img(spec.NUM_ROWS, spec.CROP_SIZE)
+    feats = sess[spec.BACKBONE.name].run(None, {spec.CROPS.name: crops})[0]
+    got_emb = sess[spec.EMBEDDER.name].run([spec.EMBEDDINGS.name], {spec.FEATURES.name: feats})[0]
+    got_score = sess[spec.CLASSIFIER.name].run([spec.CATEGORY_SCORE.name], {spec.FEATURES.name: feats})[0]
+    x = torch.from_numpy(crops)
+    worst = max(float(np.abs(got_emb - emb(x).numpy()).max()), float(np.abs(got_score - cls(x)[2].numpy()).max()))
+    if worst > 1e-4:
+        raise RuntimeError(f"features -> classifier/embedder differs from the torch models by {worst:.2e}")
+    return worst
+
+
 def export_models(heads: "Heads", repo: Path, todo: set[str], seed: int, log: dict) -> None:
-    """Exports the trained models named in ``todo`` (parity-checked against torch on two batch sizes)
-    and the crop graph into ``repo``; records the parity and the embedder id in ``log``."""
+    """Exports the trained models named in ``todo`` (parity-checked against torch on two batch sizes),
+    the shared backbone (``features``) and the crop graphs into ``repo``; records the parity and the
+    embedder id in ``log``."""
     import onnx
     import torch
 
-    from export.crop_graph import build_crop_model
+    from export.crop_graph import build_crop_model, build_whole_crop_model
+    from export.models import same_backbone
     from export.onnx_export import metadata, set_metadata
 
     t1 = time.time()
     repository.write(repo)
     det, cls, emb = heads.models()
+    if not same_backbone(cls.backbone, emb.backbone):
+        raise RuntimeError("the classifier and the embedder must share the frozen backbone (one features step)")
     rng = np.random.default_rng(seed)
     img = lambda n, s: rng.integers(0, 256, (n, 3, s, s), dtype=np.uint8)  # noqa: E731
     parity_log = {}
     with torch.no_grad():
         if spec.DETECTOR.name in todo:
             parity_log[spec.DETECTOR.name] = export_detector(det, spec.onnx_file(repo, spec.DETECTOR.name), img)
+        features, parity_log[spec.BACKBONE.name] = export_features(cls.backbone, spec.onnx_file(repo, spec.BACKBONE.name), img)
         if spec.CLASSIFIER.name in todo:
             parity_log[spec.CLASSIFIER.name] = export_classifier(cls, spec.onnx_file(repo, spec.CLASSIFIER.name), img)
         if spec.EMBEDDER.name in todo:
-            parity_log[spec.EMBEDDER.name], log["embedder_id"] = export_embedder(emb, spec.onnx_file(repo, spec.EMBEDDER.name), img)
-    crop = build_crop_model()
-    set_metadata(crop, metadata(spec.CROP))
-    onnx.save(crop, str(spec.onnx_file(repo, spec.CROP.name)))
+            parity_log[spec.EMBEDDER.name], log["embedder_id"] = export_embedder(emb, features, spec.onnx_file(repo, spec.EMBEDDER.name), img)
+        parity_log["features+heads"] = composed_parity(repo, cls, emb, img)
+    for model, graph in ((spec.CROP, build_crop_model()), (spec.WHOLE_CROP, build_whole_crop_model())):
+        set_metadata(graph, metadata(model))
+        onnx.save(graph, str(spec.onnx_file(repo, model.name)))
     log["onnx_parity_max_abs_diff"] = parity_log
     log["export_seconds"] = round(time.time() - t1, 1)
-    print(f"exported {', '.join(sorted(todo))} and crop to {repo} (parity max |diff|: {parity_log})")
+    print(f"exported {', '.join(sorted(todo))}, features, crop and whole_crop to {repo} (parity max |diff|: {parity_log})")
 
 
 def write_log(log: dict, build_dir: Path, repo: Path) -> None:
@@ -390,6 +440,8 @@ def build(profile: str, photoset: str | None, build_dir: Path, repo: Path, force
         heads = train_heads(dcfg, tcfg, build_dir, log, old, retrain)
         heads.save(heads_path)
     todo = set(retrain or STAGES) | {m for m in STAGES if not spec.onnx_file(repo, m).exists()}
+    if not spec.onnx_file(repo, spec.BACKBONE.name).exists():  # the embedder id hashes the features graph too
+        todo.add(spec.EMBEDDER.name)
     export_models(heads, repo, todo, seed, heads.log)
     write_log(heads.log, build_dir, repo)
     return heads.log

@@ -52,7 +52,7 @@ class Runner:
 
     def __init__(self, repo: Path, backbone: Path, pad: float = 0.0):
         try:
-            self.pipeline = Pipeline(repo)
+            self.pipeline = Pipeline(repo, every_row=True)  # every detection row: the row policies are measured here
         except FileNotFoundError as exc:
             raise SystemExit(f"error: {exc}") from exc
         self.baseline = dataset.BackboneRunner(backbone)
@@ -85,7 +85,7 @@ class Runner:
         names = [t.name for t in (*spec.CLASSIFIER.outputs, *spec.EMBEDDER.outputs) if t != spec.EMBEDDER_ID]
         out: dict[str, list] = {n: [] for n in names}
         for i in tqdm(range(0, len(crops), batch), desc="classify+embed", unit="batch", leave=False):
-            feed = {spec.CROPS.name: crops[i:i + batch]}
+            feed = self.pipeline.step(spec.BACKBONE.name, {spec.CROPS.name: crops[i:i + batch]})
             got = self.pipeline.step(spec.CLASSIFIER.name, feed) | self.pipeline.step(spec.EMBEDDER.name, feed)
             for n in names:
                 out[n].append(got[n])

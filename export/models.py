@@ -185,3 +185,52 @@ class Embedder(nn.Module):
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         _, f32, pooled = self.backbone(crops)
         return self.embed_features(f32 if self.tuned_head is not None else pooled)
+
+
+# --- the served split: one backbone pass, light heads on its pooled vector ----------------------------
+
+class Features(nn.Module):
+    """The served ``features`` model: uint8 crops -> the frozen backbone's pooled 1280-d vectors."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.backbone.pooled(crops)
+
+
+class ClassifierHead(nn.Module):
+    """The served ``classifier``: pooled vectors -> (fine index, category index, category score), the
+    classifier's own head and merge (``Classifier.forward`` minus its backbone)."""
+
+    def __init__(self, cls: Classifier) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(self.cls.head(features), dim=1)
+        cat_score, cat_idx = (probs @ self.cls.merge_matrix).max(dim=1)
+        return probs.argmax(dim=1), cat_idx, cat_score
+
+
+class EmbedderHead(nn.Module):
+    """The served ``embedder``: pooled vectors -> L2-normalised embeddings (``Embedder.forward`` minus its
+    backbone). An embedder with a tuned backbone head needs the stride-32 maps, which the shared
+    ``features`` step does not pass on: it cannot be served this way."""
+
+    def __init__(self, emb: Embedder) -> None:
+        super().__init__()
+        if emb.tuned_head is not None:
+            raise ValueError("an embedder trained with tune_head needs its own backbone head; the served pipeline "
+                             "shares one backbone pass (features) between the classifier and the embedder")
+        self.emb = emb
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.emb.project(features)
+
+
+def same_backbone(a: Backbone, b: Backbone) -> bool:
+    """Whether two backbones hold the same weights (both frozen copies of the pretrained one)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -70,13 +70,14 @@ def add_label_outputs(m: onnx.ModelProto, mapping: dict[str, tuple[str, list[str
         graph.output.append(helper.make_tensor_value_info(out_name, TensorProto.STRING, dims))
 
 
-def weights_id(m: onnx.ModelProto, version: int = spec.EMBEDDER_VERSION) -> str:
-    """``v<version>-<16 hex digits>``: a sha256 over the graph's initializers (name and raw bytes, sorted
-    by name), so a deterministic build gives the same id and any other weights give another."""
+def weights_id(*models: onnx.ModelProto, version: int = spec.EMBEDDER_VERSION) -> str:
+    """``v<version>-<16 hex digits>``: a sha256 over the graphs' initializers (name and raw bytes, sorted
+    by name, graph after graph), so a deterministic build gives the same id and any other weights give another."""
     h = hashlib.sha256()
-    for init in sorted(m.graph.initializer, key=lambda t: t.name):
-        h.update(init.name.encode())
-        h.update(numpy_helper.to_array(init).tobytes())
+    for m in models:
+        for init in sorted(m.graph.initializer, key=lambda t: t.name):
+            h.update(init.name.encode())
+            h.update(numpy_helper.to_array(init).tobytes())
     return f"v{version}-{h.hexdigest()[:16]}"
 
 

@@ -1,10 +1,12 @@
 """The ``retrieval`` ensemble run in process: the same ONNX files, the same steps, the same tensor names.
 
 ``Pipeline(repository)`` loads every ONNX model of ``spec.ONNX_MODELS`` once (onnxruntime, CPU) and
-chains ``spec.STEPS`` the way export/repository.py writes the ensemble config: each step takes its inputs
-by name from what the request and the earlier steps produced. The ``preprocess`` step is
+chains an ensemble's steps (``spec.ENSEMBLES``) the way export/repository.py writes its config: each step
+takes its inputs by name from what the request and the earlier steps produced. The ``preprocess`` step is
 ``imaging.decode`` + ``imaging.letterbox``, the code the served Python model runs. It is the reference
-the ensemble is tested against, what export.evaluate runs, and the baseline Triton is measured against.
+the ensembles are tested against, what export.evaluate runs, and the baseline Triton is measured against.
+``every_row=True`` swaps the served crop graph for the one without the row selection (every detection,
+then the whole image): export.evaluate measures row policies on it.
 """
 from __future__ import annotations
 
@@ -40,12 +42,19 @@ def preprocess(feed: Mapping[str, np.ndarray]) -> Tensors:
 
 
 class Pipeline:
-    def __init__(self, repository: str | Path, *, threads: int = 0):
+    def __init__(self, repository: str | Path, *, threads: int = 0, every_row: bool = False):
         self.repository = Path(repository)
-        self.models = {m.name: m for m in spec.STEPS}
+        self.models = {m.name: m for m in spec.MODELS}
         self.sessions = {m.name: session(spec.onnx_file(self.repository, m.name), threads) for m in spec.ONNX_MODELS}
+        if every_row:
+            from export.crop_graph import build_crop_model
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            self.sessions[spec.CROP.name] = ort.InferenceSession(build_crop_model(every_row=True).SerializeToString(), opts,
+                                                                 providers=["CPUExecutionProvider"])
         self._python: dict[str, Callable[[Mapping[str, np.ndarray]], Tensors]] = {spec.PREPROCESS.name: preprocess}
-        missing = [m.name for m in spec.STEPS if m.name not in self.sessions and m.name not in self._python]
+        missing = [m.name for m in spec.MODELS if m.name not in self.sessions and m.name not in self._python]
         if missing:
             raise ValueError(f"no in-process runner for the steps {missing}")
 
@@ -71,10 +80,13 @@ class Pipeline:
             out.update(self.step(model.name, out))
         return out
 
-    def outputs(self, data: bytes) -> Tensors:
-        """The ensemble's outputs (``spec.ENSEMBLE_OUTPUTS``) for one encoded image."""
-        out = self.run({spec.IMAGE_BYTES.name: np.array([data], dtype=object)})
-        return {t.name: out[t.name] for t in spec.ENSEMBLE_OUTPUTS}
+    def outputs(self, data: bytes, ensemble: str = spec.ENSEMBLE) -> Tensors:
+        """An ensemble's outputs (``spec.ENSEMBLE_OUTPUTS`` by default) for one encoded image."""
+        e = next((e for e in spec.ENSEMBLES if e.name == ensemble), None)
+        if e is None:
+            raise KeyError(f"unknown ensemble {ensemble!r}; ensembles: {[e.name for e in spec.ENSEMBLES]}")
+        out = self.run({spec.IMAGE_BYTES.name: np.array([data], dtype=object)}, e.steps)
+        return {t.name: out[t.name] for t in e.outputs}
 
     def infer(self, data: bytes) -> ImageResult:
         """What ``client.triton.RetrievalClient.infer`` returns for the same bytes."""

@@ -46,18 +46,18 @@ MEANINGS = {
     "image_bytes": "One encoded image: the file's bytes as they are (JPEG, PNG, WebP, BMP, GIF: first frame, TIFF). "
                    "EXIF orientation is applied; at least 8×8 pixels. Exactly one element: the ensemble has no "
                    "batch dimension (`max_batch_size: 0`), send one request per image (concurrently for throughput).",
-    "boxes": f"x1, y1, x2, y2 of each row in pixels of the original image (after EXIF rotation), clipped to it. "
-             f"Row {_K} is the whole image: [0, 0, width, height].",
-    "scores": f"Detector score in [0, 1] of rows 0..{_K - 1}, highest first; row {_K} is always {spec.WHOLE_IMAGE_SCORE}.",
-    "valid": f"Which rows are objects: detections with score ≥ {spec.SCORE_THRESHOLD}; row {_K} only when no "
-             "detection is. At least one row is always valid. Ignore the other rows.",
-    "fine_class": "The classifier's fine class of each row's crop (computed for every row, valid or not).",
+    "boxes": "x1, y1, x2, y2 of each row in pixels of the original image (after EXIF rotation), clipped to it. "
+             "The last row is the whole image: [0, 0, width, height].",
+    "scores": f"Detector score in [0, 1] of each detection row, highest first; the last row's is always {spec.WHOLE_IMAGE_SCORE}.",
+    "valid": f"Which rows the detector is sure of: detections with score ≥ {spec.SCORE_THRESHOLD}; the last row (the "
+             "whole image) only when no detection is. At least one row is always valid.",
+    "fine_class": "The classifier's fine class of each row's crop.",
     "category": "The merged category of each row's crop: the category whose fine classes have the highest summed "
                 "probability (not always the category of `fine_class`). Catalog searches filter by it.",
     "category_score": f"The summed probability of `category`, in [0, 1]. The project's client filters by category only "
                       f"when it is ≥ {spec.CATEGORY_FILTER_MIN_SCORE}.",
     "embeddings": f"L2-normalised {spec.EMBED_DIM}-d embedding of each row's crop (cosine similarity = dot product). "
-                  f"`embeddings[{_K}]` is always the whole-image embedding, whether row {_K} is valid or not.",
+                  "The last row's is always the whole-image embedding, whether that row is valid or not.",
     "embedder_id": f"Identity of the served embedder weights, `v{spec.EMBEDDER_VERSION}-<hash>`. Embeddings are "
                    f"comparable only between equal ids (the catalog's vectors live in `{spec.collection_name()}`).",
 }
@@ -141,6 +141,10 @@ def _steps_table() -> list[str]:
     return rows
 
 
+def _whole_steps() -> tuple[spec.ModelSpec, ...]:
+    return next(e for e in spec.ENSEMBLES if e.name == spec.WHOLE_IMAGE).steps
+
+
 def render() -> str:
     problems = meaning_problems()
     if problems:
@@ -179,19 +183,22 @@ def render() -> str:
         "",
         *_tensor_table(spec.ENSEMBLE_OUTPUTS, "output"),
         "",
-        f"### Rows: {spec.NUM_ROWS} per image",
+        f"### Rows: 1 to {spec.NUM_ROWS} per image",
         "",
-        f"Every per-object output has {spec.NUM_ROWS} rows, the same rows in every output:",
+        "Every per-object output has the same N rows (the first dimension, `-1` in the config); only the rows worth "
+        "reporting are computed:",
         "",
-        f"- rows 0..{k - 1}: the detector's top {k} boxes, sorted by score, highest first. `valid[i]` is "
-        f"`scores[i] ≥ {spec.SCORE_THRESHOLD}`, so the valid detections are the first rows;",
-        f"- row {k}: the whole image (box [0, 0, width, height], score {spec.WHOLE_IMAGE_SCORE}). It is valid only when "
-        f"no detection is, so a caller that keeps the valid rows always gets at least one object;",
-        f"- `embeddings[{k}]` is the whole-image embedding in every response, valid or not (e.g. for near-duplicate "
-        "search of whole images); `embedder_id` has one element.",
+        f"- first, the detections, highest score first: every one with score ≥ {spec.SCORE_THRESHOLD} (`valid`), then at "
+        f"most {spec.EXTRA_OBJECTS} weaker ones scoring ≥ {spec.EXTRA_MIN_SCORE} (`valid` false: the detector is unsure, "
+        f"the object is often still there); a box overlapping a better one by IoU > {spec.MAX_OVERLAP} is left out. At "
+        f"most {k} detections;",
+        f"- last, always, the whole image (box [0, 0, width, height], score {spec.WHOLE_IMAGE_SCORE}). It is valid only "
+        "when no detection is, so a caller that keeps the valid rows always gets at least one object;",
+        "- the last row of `embeddings` is the whole-image embedding in every response, valid or not (e.g. for "
+        f"near-duplicate search of whole images; the `{spec.WHOLE_IMAGE}` ensemble below gives it alone); `embedder_id` "
+        "has one element.",
         "",
-        f"Keep the rows where `valid` is true. The others are detections below the threshold (and row {k} when something "
-        "was detected): computed like the rest, but not objects.",
+        "Report the detection rows in order (the project's client does), or keep only the valid rows for precision.",
         "",
         "### Data on the wire",
         "",
@@ -207,9 +214,16 @@ def render() -> str:
         "## The ensemble's steps",
         "",
         f"`{e}` runs these models in order (all in `model_repository/`, configs generated from the same spec); "
-        f"`-1` is a batch dimension inside the pipeline, {spec.NUM_ROWS} rows per image.",
+        f"`-1` is a batch dimension inside the pipeline: the rows of one image, 1 to {spec.NUM_ROWS}. The backbone "
+        "(`features`) runs once per row for both heads.",
         "",
         *_steps_table(),
+        "",
+        f"## The `{spec.WHOLE_IMAGE}` ensemble",
+        "",
+        f"The same input; outputs `{spec.EMBEDDINGS.name}` [1, {spec.EMBED_DIM}] (the whole-image embedding, equal to the "
+        f"last row of `{e}`'s) and `{spec.EMBEDDER_ID.name}`, without running the detector or the classifier: steps "
+        + ", ".join(f"`{m.name}`" for m in _whole_steps()) + ". Requests and errors as above.",
         "",
         "## Examples",
         "",

@@ -49,24 +49,26 @@ def model_config(model: spec.ModelSpec) -> mc.ModelConfig:
     return cfg
 
 
-def ensemble_config() -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=spec.ENSEMBLE, platform="ensemble", max_batch_size=0)
-    cfg.input.extend(_tensor(t, mc.ModelInput) for t in spec.ENSEMBLE_INPUTS)
-    cfg.output.extend(_tensor(t, mc.ModelOutput) for t in spec.ENSEMBLE_OUTPUTS)
-    produced = {t.name for t in spec.ENSEMBLE_INPUTS}
-    for model in spec.STEPS:
+def ensemble_config(ensemble: spec.Ensemble = spec.ENSEMBLES[0]) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=ensemble.name, platform="ensemble", max_batch_size=0)
+    cfg.input.extend(_tensor(t, mc.ModelInput) for t in ensemble.inputs)
+    cfg.output.extend(_tensor(t, mc.ModelOutput) for t in ensemble.outputs)
+    produced = {t.name for t in ensemble.inputs}
+    used = {t.name for m in ensemble.steps for t in m.inputs} | {t.name for t in ensemble.outputs}
+    for model in ensemble.steps:
         missing = [t.name for t in model.inputs if t.name not in produced]
         if missing:
-            raise ValueError(f"ensemble step {model.name!r} needs {missing}, which no earlier step produces")
+            raise ValueError(f"{ensemble.name}: step {model.name!r} needs {missing}, which no earlier step produces")
         step = cfg.ensemble_scheduling.step.add(model_name=model.name, model_version=-1)
         for t in model.inputs:
             step.input_map[t.name] = t.name
         for t in model.outputs:
-            step.output_map[t.name] = t.name
-            produced.add(t.name)
-    missing = [t.name for t in spec.ENSEMBLE_OUTPUTS if t.name not in produced]
+            if t.name in used:  # an output nothing reads is not mapped (Triton drops it)
+                step.output_map[t.name] = t.name
+                produced.add(t.name)
+    missing = [t.name for t in ensemble.outputs if t.name not in produced]
     if missing:
-        raise ValueError(f"ensemble outputs {missing} are produced by no step")
+        raise ValueError(f"{ensemble.name}: outputs {missing} are produced by no step")
     return cfg
 
 
@@ -75,9 +77,10 @@ def render(cfg: mc.ModelConfig) -> str:
 
 
 def expected_files() -> dict[Path, str]:
-    files = {Path(m.name) / "config.pbtxt": render(model_config(m)) for m in spec.STEPS}
-    files[Path(spec.ENSEMBLE) / "config.pbtxt"] = render(ensemble_config())
-    files[Path(spec.ENSEMBLE) / "1" / ".gitkeep"] = ""
+    files = {Path(m.name) / "config.pbtxt": render(model_config(m)) for m in spec.MODELS}
+    for e in spec.ENSEMBLES:
+        files[Path(e.name) / "config.pbtxt"] = render(ensemble_config(e))
+        files[Path(e.name) / "1" / ".gitkeep"] = ""
     return files
 
 
@@ -85,7 +88,7 @@ def python_model_files(repository: Path) -> dict[Path, bytes]:
     """What each Python model needs next to it: its hand-written model.py (kept in this checkout's
     repository) and the contract package it imports."""
     files: dict[Path, bytes] = {}
-    for m in spec.STEPS:
+    for m in spec.MODELS:
         if m.kind != "python":
             continue
         version = Path(m.name) / "1"
@@ -106,7 +109,7 @@ def write(repository: Path = REPOSITORY) -> list[Path]:
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
             written.append(path)
-    for m in spec.STEPS:
+    for m in spec.MODELS:
         (repository / m.name / "1").mkdir(parents=True, exist_ok=True)
     for rel, data in python_model_files(repository).items():
         path = repository / rel

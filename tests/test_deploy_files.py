@@ -578,7 +578,7 @@ def _dashboard_targets(dashboard):
 
 def test_dashboard_promql_names_only_known_metrics(dashboard, prometheus, compose):
     jobs = {j["job_name"] for j in prometheus["scrape_configs"]}
-    models = {m.name for m in spec.STEPS} | {spec.ENSEMBLE}
+    models = {m.name for m in spec.MODELS} | {e.name for e in spec.ENSEMBLES}
     used = set()
     for panel, target in _dashboard_targets(dashboard):
         for sel in promql_selectors(target["expr"]):

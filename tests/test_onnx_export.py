@@ -40,7 +40,8 @@ def test_detector_and_embedder_match_torch(built, torch_models, batch):
     np.testing.assert_allclose(boxes, tb.numpy(), atol=1e-4)
     np.testing.assert_allclose(scores, ts.numpy(), atol=1e-4)
     c = rng.integers(0, 256, (batch + 4, 3, spec.CROP_SIZE, spec.CROP_SIZE), dtype=np.uint8)
-    e, emb_id = _session(built, spec.EMBEDDER.name).run(None, {spec.CROPS.name: c})
+    feats, = _session(built, spec.BACKBONE.name).run(None, {spec.CROPS.name: c})  # the shared backbone pass
+    e, emb_id = _session(built, spec.EMBEDDER.name).run(None, {spec.FEATURES.name: feats})
     with torch.no_grad():
         np.testing.assert_allclose(e, emb(torch.from_numpy(c)).numpy(), atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
@@ -51,7 +52,8 @@ def test_detector_and_embedder_match_torch(built, torch_models, batch):
 def test_classifier_names_match_torch_indices(built, torch_models, batch):
     torch, _, cls, _ = torch_models
     c = np.random.default_rng(0).integers(0, 256, (batch, 3, spec.CROP_SIZE, spec.CROP_SIZE), dtype=np.uint8)
-    fine, cat, score = _session(built, spec.CLASSIFIER.name).run(None, {spec.CROPS.name: c})
+    feats, = _session(built, spec.BACKBONE.name).run(None, {spec.CROPS.name: c})
+    fine, cat, score = _session(built, spec.CLASSIFIER.name).run(None, {spec.FEATURES.name: feats})
     with torch.no_grad():
         f, k, s = cls(torch.from_numpy(c))
     assert list(fine) == [cls.fine_classes[i] for i in f] and list(cat) == [cls.categories[i] for i in k]
@@ -83,11 +85,13 @@ def test_embedder_id_is_the_hash_of_its_weights_in_graph_and_metadata(built):
     from export.onnx_export import read_metadata, weights_id
 
     path = spec.onnx_file(built, spec.EMBEDDER.name)
-    emb_id, = _session(built, spec.EMBEDDER.name).run([spec.EMBEDDER_ID.name], {spec.CROPS.name: np.zeros((1, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)})
-    assert emb_id.tolist() == [read_metadata(path)[spec.EMBEDDER_ID.name]] == [weights_id(onnx.load(str(path)))]
+    features = onnx.load(str(spec.onnx_file(built, spec.BACKBONE.name)))
+    emb_id, = _session(built, spec.EMBEDDER.name).run([spec.EMBEDDER_ID.name], {spec.FEATURES.name: np.zeros((1, spec.FEATURE_DIM), np.float32)})
+    # the embedding function is the backbone and the head: the id hashes both graphs' weights
+    assert emb_id.tolist() == [read_metadata(path)[spec.EMBEDDER_ID.name]] == [weights_id(features, onnx.load(str(path)))]
     changed = onnx.load(str(path))
     w = next(i for i in changed.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
     arr = onnx.numpy_helper.to_array(w).copy()
     arr.flat[0] += 1.0
     w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
-    assert weights_id(changed) != emb_id[0]  # other weights, another id
+    assert weights_id(features, changed) != emb_id[0]  # other weights, another id

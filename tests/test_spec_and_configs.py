@@ -14,6 +14,21 @@ def test_ensemble_wires_every_step_from_earlier_outputs():
     assert {o.name for o in cfg.output} == {t.name for t in spec.ENSEMBLE_OUTPUTS}
     crop = next(s for s in cfg.ensemble_scheduling.step if s.model_name == "crop")
     assert dict(crop.input_map) == {t.name: t.name for t in spec.CROP.inputs}
+    # one backbone pass feeds both heads
+    heads = [s for s in cfg.ensemble_scheduling.step if s.model_name in (spec.CLASSIFIER.name, spec.EMBEDDER.name)]
+    assert [dict(s.input_map) for s in heads] == [{spec.FEATURES.name: spec.FEATURES.name}] * 2
+
+
+def test_whole_image_ensemble_skips_the_detector_and_the_classifier():
+    whole = next(e for e in spec.ENSEMBLES if e.name == spec.WHOLE_IMAGE)
+    cfg = repository.ensemble_config(whole)
+    steps = [s.model_name for s in cfg.ensemble_scheduling.step]
+    assert steps == [spec.PREPROCESS.name, spec.WHOLE_CROP.name, spec.BACKBONE.name, spec.EMBEDDER.name]
+    pre = cfg.ensemble_scheduling.step[0]
+    assert spec.DET_IMAGE.name not in pre.output_map  # an output nothing reads is not mapped
+    assert [o.name for o in cfg.output] == [spec.EMBEDDINGS.name, spec.EMBEDDER_ID.name]
+    files = repository.expected_files()
+    assert all(f"{m.name}/config.pbtxt" in {p.as_posix() for p in files} for m in spec.MODELS)
 
 
 def test_onnx_configs_use_the_onnxruntime_backend_and_spec_shapes():

@@ -35,7 +35,6 @@ GRPC_EXAMPLE = ROOT / reference.GRPC_EXAMPLE
 INPUT = spec.ENSEMBLE_INPUTS[0].name
 ENSEMBLE_TENSORS = {t.name for t in (*spec.ENSEMBLE_INPUTS, *spec.ENSEMBLE_OUTPUTS)}
 PROJECT_PACKAGES = {"client", "export", "deploy", "bench", "tests"}
-K = spec.MAX_OBJECTS
 integration = pytest.mark.integration
 
 
@@ -161,13 +160,11 @@ def parse_printed(stdout: str) -> dict:
 
 def assert_agrees_with_the_client(printed: dict, want) -> None:
     assert printed["embedder_id"] == want.embedder_id
-    mask = [False] * spec.NUM_ROWS
-    for i in ([K] if want.objects[0].whole_image else range(len(want.objects))):  # the documented row layout
-        mask[i] = True
+    mask = [o.valid for o in want.rows]  # the documented row layout: the client's rows, the whole image last
     assert printed["valid"] == mask
     assert sorted(printed["rows"]) == [i for i, v in enumerate(mask) if v]
     for (i, row), obj in zip(sorted(printed["rows"].items()), want.objects):
-        assert row["whole"] == obj.whole_image == (i == K)
+        assert row["whole"] == obj.whole_image == (i == len(mask) - 1)
         np.testing.assert_allclose(row["box"], obj.box, atol=1e-3)
         assert row["category"] == obj.category
         assert row["score"] == pytest.approx(obj.score, abs=1e-4)
@@ -202,8 +199,9 @@ def test_grpc_example_prints_what_the_client_gets(triton, client, images, which)
 @integration
 def test_scene_has_detections_and_blank_has_only_the_whole_image(triton, images):
     scene, blank = (parse_printed(run_grpc_example(p, triton.grpc_url).stdout) for p in images)
-    assert any(scene["valid"][:K]) and not scene["valid"][K]
-    assert blank["valid"] == [False] * K + [True] and blank["rows"][K]["box"] == [0, 0, 500, 300]
+    assert any(scene["valid"][:-1]) and not scene["valid"][-1]
+    assert blank["valid"][-1] and not any(blank["valid"][:-1])
+    assert blank["rows"][len(blank["valid"]) - 1]["box"] == [0, 0, 500, 300]
 
 
 @integration
@@ -211,12 +209,15 @@ def test_rows_are_laid_out_as_the_reference_says(stub, grpc_example, images):
     for path in images:
         out = grpc_example.infer(stub, path.read_bytes())
         scores, valid = out["scores"], out["valid"]
-        assert valid.shape == (spec.NUM_ROWS,) and out["embeddings"].shape == (spec.NUM_ROWS, spec.EMBED_DIM)
-        assert np.all(np.diff(scores[:K]) <= 0), "detections sorted by score"
-        assert list(valid[:K]) == list(scores[:K] >= np.float32(spec.SCORE_THRESHOLD))
-        assert valid[K] == (not valid[:K].any()) and scores[K] == spec.WHOLE_IMAGE_SCORE
+        n = len(valid)
+        assert 1 <= n <= spec.NUM_ROWS and out["embeddings"].shape == (n, spec.EMBED_DIM)
+        assert np.all(np.diff(scores[:-1]) <= 0), "detections sorted by score"
+        assert list(valid[:-1]) == list(scores[:-1] >= np.float32(spec.SCORE_THRESHOLD))
+        weak = scores[:-1] < np.float32(spec.SCORE_THRESHOLD)
+        assert weak.sum() <= spec.EXTRA_OBJECTS and np.all(scores[:-1][weak] >= np.float32(spec.EXTRA_MIN_SCORE))
+        assert valid[-1] == (not valid[:-1].any()) and scores[-1] == spec.WHOLE_IMAGE_SCORE
         with Image.open(path) as im:
-            assert out["boxes"][K].tolist() == [0, 0, im.width, im.height]
+            assert out["boxes"][-1].tolist() == [0, 0, im.width, im.height]
         np.testing.assert_allclose(np.linalg.norm(out["embeddings"], axis=1), 1.0, atol=1e-4)
         assert out["embedder_id"].reshape(-1)[0].decode().startswith(f"v{spec.EMBEDDER_VERSION}-")
 
@@ -291,7 +292,7 @@ def test_grpc_caller_gets_the_documented_error_and_the_server_keeps_serving(stub
         grpc_send(stub, BAD_REQUESTS[key](jpg))
     assert err.value.code().name == ERRORS[key].grpc
     assert ERRORS[key].message in err.value.details()
-    assert grpc_example.infer(stub, jpg)["valid"][K]  # a good request still works
+    assert grpc_example.infer(stub, jpg)["valid"][-1]  # a good request still works (a blank: the whole image)
 
 
 @integration
@@ -303,7 +304,8 @@ def test_http_caller_gets_the_documented_error_and_the_server_keeps_serving(trit
     assert status == ERRORS[key].http
     assert ERRORS[key].message in answer["error"]
     status, answer = curl_send(http, Request("BYTES", (1,), lp(jpg), outputs=("valid",)), tmp_path)
-    assert status == 200 and answer["outputs"][0]["data"] == [False] * K + [True]
+    valid = answer["outputs"][0]["data"]
+    assert status == 200 and valid[-1] and not any(valid[:-1])
 
 
 @integration

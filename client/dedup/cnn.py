@@ -6,11 +6,11 @@ confuses distinct photos of the same kind of thing (two flowers: cosine 0.70) wi
 copies (crop 50 %: 0.3-0.7). The calibration records which embedder it was made on; the served one is
 asked from the server (``RetrievalClient.embedder_id()``), never read from files.
 
-Encoding asks the server only for what dedup uses, the whole-image row ``K`` of the ensemble's
-``embeddings``: the served steps ``preprocess`` -> ``crop`` -> ``embedder`` on that one row (the same
-models and tensors as the ensemble, named by client/spec.py; the vector is the ensemble's, bit for bit),
-skipping the detector and the classifier and 8 of 9 embedder rows. A server that does not serve the
-steps on their own gets the whole ensemble request instead (``WholeImageEncoder.available``).
+Encoding asks the server only for what dedup uses, the whole-image embedding: the ``whole_image``
+ensemble (preprocess -> whole_crop -> features -> embedder, the same models and tensors as ``retrieval``,
+named by client/spec.py; the vector is the last row of ``retrieval``'s ``embeddings``, bit for bit),
+skipping the detector and the classifier. A server that does not serve it gets the whole ``retrieval``
+request instead (``WholeImageEncoder.available``).
 """
 from __future__ import annotations
 
@@ -138,38 +138,28 @@ class GeometricCheck:
 
 
 class WholeImageEncoder:
-    """Row K (the whole image) of the ensemble's ``embeddings``, from the served steps preprocess -> crop
-    -> embedder with only that row embedded; the tensors are the ensemble's (client/spec.py). Requests go
-    through the RetrievalClient (its connection, its error mapping)."""
-
-    STEPS = (spec.PREPROCESS.name, spec.CROP.name, spec.EMBEDDER.name)
+    """The whole-image embedding from the ``whole_image`` ensemble (one request, no detector); the same
+    vector as the last row of ``retrieval``'s ``embeddings``. Requests go through the RetrievalClient (its
+    connection, its error mapping)."""
 
     def __init__(self, client):
         self.client = client
 
     def available(self) -> bool:
-        return self.client.models_ready(self.STEPS)
+        return self.client.models_ready([spec.WHOLE_IMAGE])
 
     def embed(self, data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, str]:
         """(the whole-image embedding, the embedder's id) of one encoded image; BadImage when it cannot be read."""
-        call = self.client.call
-        pre = call(spec.PREPROCESS.name, {spec.IMAGE_BYTES.name: np.array([data], dtype=object)},
-                   [spec.CROP_SOURCE.name, spec.IMAGE_SIZE.name], name)
-        k = spec.MAX_OBJECTS
-        crop = call(spec.CROP.name, {  # no detections: row K, the whole image, does not depend on them
-            spec.CROP_SOURCE.name: pre[spec.CROP_SOURCE.name], spec.DET_BOXES.name: np.zeros((1, k, 4), np.float32),
-            spec.DET_SCORES.name: np.zeros((1, k), np.float32), spec.IMAGE_SIZE.name: pre[spec.IMAGE_SIZE.name]},
-            [spec.CROPS.name], name)[spec.CROPS.name]
-        emb = call(spec.EMBEDDER.name, {spec.CROPS.name: np.ascontiguousarray(crop[k:k + 1])},
-                   [spec.EMBEDDINGS.name, spec.EMBEDDER_ID.name], name)
-        ident = emb[spec.EMBEDDER_ID.name].reshape(-1)[0]
-        return emb[spec.EMBEDDINGS.name][0], ident.decode() if isinstance(ident, bytes) else str(ident)
+        out = self.client.call(spec.WHOLE_IMAGE, {spec.IMAGE_BYTES.name: np.array([data], dtype=object)},
+                               [spec.EMBEDDINGS.name, spec.EMBEDDER_ID.name], name)
+        ident = out[spec.EMBEDDER_ID.name].reshape(-1)[0]
+        return out[spec.EMBEDDINGS.name][0], ident.decode() if isinstance(ident, bytes) else str(ident)
 
 
 class CNN(Method):
     name = "cnn"
     needs_server = True
-    description = (f"cosine of the Triton ensemble's whole-image embedding ({spec.EMBEDDINGS.name}[{spec.MAX_OBJECTS}], "
+    description = (f"cosine of the whole-image embedding (the {spec.WHOLE_IMAGE} ensemble's {spec.EMBEDDINGS.name}, "
                    f"{spec.EMBED_DIM}-d); pairs in the uncertain band are verified geometrically (ORB + RANSAC)")
 
     @property
