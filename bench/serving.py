@@ -1,7 +1,7 @@
 """Serving throughput: python -m bench.serving [--concurrency 1,2,4,8] [--variants generated,...] [--images DIR].
 
-The same photos (default: the demo's query scenes, real photos with products pasted on, generated with
-export.demo_data when missing) go
+The same photos (default: 12 demo query scenes, real photos with products pasted on, generated with
+export.demo_data into data/bench/serving/photos/ when missing) go
 
 - **in process**: ``export.pipeline.Pipeline`` over the same ONNX files with onnxruntime's default threads
   (what the served configs ask for), one image after another (c=1) and from 2 threads (c=2): the baseline;
@@ -105,11 +105,13 @@ def write_variant(name: str, dest: Path, source: Path = ROOT / "model_repository
 
 def photos(folder: Path | None) -> list[Path]:
     if folder is None:
-        folder = ROOT / "data" / "demo" / "queries"
+        folder = OUT / "photos" / "queries"
         if not any(folder.glob("*.jpg")):
+            from export.build import DEFAULT_PHOTOSET
             from export.demo_data import write_demo
 
-            write_demo(folder.parent, queries=12, seed=7)
+            photoset = os.environ.get("PHOTOSET_DIR") or (str(DEFAULT_PHOTOSET) if DEFAULT_PHOTOSET.is_dir() else None)
+            write_demo(folder.parent, photoset=photoset, queries=12, seed=7)
     found = sorted(p for p in folder.iterdir() if spec.is_image_file(p))
     if not found:
         raise SystemExit(f"{folder}: no images")

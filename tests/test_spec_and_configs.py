@@ -65,3 +65,29 @@ def test_check_reports_a_hand_edited_config(tmp_path):
     cfg.write_text(cfg.read_text().replace("dims: 320", "dims: 300", 1))
     problems = repository.check(tmp_path)
     assert len(problems) == 1 and "detector" in problems[0] and "-  dims: 300" in problems[0]
+
+
+def test_gpu_profile_puts_the_networks_on_the_gpu_with_the_same_tensors():
+    """configs/gpu.pbtxt (tritonserver --model-config-name=gpu): same names, dtypes and shapes as config.pbtxt,
+    ONNX models on KIND_GPU with the onnxruntime backend, TensorRT FP16 only for the two backbone passes,
+    the Python preprocess on the CPU."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    for m in spec.MODELS:
+        cpu, gpu = repository.model_config(m), repository.gpu_model_config(m)
+        assert (list(gpu.input), list(gpu.output), gpu.backend, gpu.max_batch_size) == (list(cpu.input), list(cpu.output), cpu.backend, cpu.max_batch_size)
+        kinds = {g.kind for g in gpu.instance_group}
+        accel = {a.name: dict(a.parameters) for a in gpu.optimization.execution_accelerators.gpu_execution_accelerator}
+        if m.kind == "python":
+            assert kinds == {mc.ModelInstanceGroup.KIND_CPU} and not accel
+            continue
+        assert kinds == {mc.ModelInstanceGroup.KIND_GPU} and gpu.backend == "onnxruntime"
+        assert "intra_op_thread_count" not in gpu.parameters  # CPU threading does not apply
+        if m.name in (spec.DETECTOR.name, spec.BACKBONE.name):
+            assert accel["tensorrt"]["precision_mode"] == "FP16"
+        elif m.name in (spec.CLASSIFIER.name, spec.EMBEDDER.name):
+            assert accel["tensorrt"]["precision_mode"] == "FP32"
+        else:  # the crop graphs (NonMaxSuppression, RoiAlign) stay on the CUDA provider
+            assert not accel
+    files = {p.as_posix() for p in repository.expected_files()}
+    assert {f"{m.name}/configs/{repository.GPU_CONFIG}.pbtxt" for m in spec.MODELS} <= files
