@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-chain", action="store_true", help="skip the client-side chaining runs")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops the servers it started (finally)
     levels = [int(c) for c in args.concurrency.split(",")]
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
