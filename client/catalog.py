@@ -1,4 +1,11 @@
-"""Indexing a folder of catalog images: library functions behind ``python -m client.index``."""
+"""Indexing a folder of catalog images: library functions behind ``python -m client.index`` and
+``python -m client.rollout index``.
+
+Resumable: an image whose points are already stored with the same sha256 (and all of them: each point
+records how many its image has) is not sent to the server again, so a run that was killed, or whose
+server went away for longer than the client's retries, is simply started again. Only files under the
+catalog folder are read: a symlink that leads outside it is reported and skipped.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +16,9 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from client.store import CatalogPoint, QdrantStore
+from client import spec
+from client.imaging import MAX_IMAGE_BYTES
+from client.store import CatalogPoint, QdrantStore, StoreError
 from client.result import ImageResult, row_arrays
 from client.triton import BadImage, RetrievalClient
 
@@ -20,31 +29,56 @@ from client.triton import BadImage, RetrievalClient
 # drawn 0.257 -> 0.311) for 1.9x the points.
 CATALOG_WHOLE_IMAGE = True
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
 
 @dataclass
 class IndexReport:
-    indexed: int = 0  # images
+    indexed: int = 0  # images whose points are stored (sent to the server now, or unchanged)
+    unchanged: int = 0  # of them: already stored with the same content, not sent again
     products: int = 0  # distinct product ids among them
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
 
 
 def list_catalog(folder: Path) -> list[Path]:
+    """Every file with an image suffix under ``folder``, sorted; symlinks included (even broken or looping
+    ones: reading them reports why), folders named like images not."""
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: not a directory")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if spec.is_image_file(p) and (p.is_symlink() or p.is_file()))
 
 
-def _read(paths: list[Path], report: IndexReport) -> Iterator[tuple[str, bytes]]:
+def read_inside(path: Path, root: Path) -> bytes:
+    """The bytes of a catalog file, refused (OSError with the reason) when it resolves outside ``root``,
+    is not a regular file, or is larger than imaging.MAX_IMAGE_BYTES."""
+    real = path.resolve(strict=True)  # a symlink loop or a dangling link raises here
+    if not real.is_relative_to(root.resolve()):
+        raise OSError(f"links outside the catalog folder (to {real}); not read")
+    if not real.is_file():
+        raise OSError("not a regular file")
+    size = real.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise OSError(f"file too large ({size / 2**20:.0f} MiB); the limit is {MAX_IMAGE_BYTES // 2**20} MiB")
+    return real.read_bytes()
+
+
+def _read(paths: list[Path], root: Path, report: IndexReport, progress: Callable[[int], None] | None) -> Iterator[tuple[str, bytes]]:
     for p in paths:
         try:
-            data = p.read_bytes()
-        except OSError as exc:
-            report.skipped.append((str(p), f"cannot read: {exc.strerror or exc}"))
+            data = read_inside(p, root)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, on some Python versions
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            report.skipped.append((str(p), f"cannot read: {reason}"))
+            if progress:
+                progress(1)
             continue
         yield str(p), data
+
+
+def is_stored(store: QdrantStore, path: str, sha256: str) -> bool:
+    """Whether every point of this image is stored with this content (a cheap payload lookup)."""
+    stored = store.image_points(path)
+    return bool(stored) and all(p.get("sha256") == sha256 for p in stored) \
+        and len(stored) == int(stored[0].get("image_points", len(stored)))
 
 
 def catalog_rows(source: ImageResult | Mapping[str, np.ndarray], *, whole_image: bool = CATALOG_WHOLE_IMAGE) -> list[int]:
@@ -67,29 +101,46 @@ def points_for(path: Path, root: Path, data_sha: str, result: ImageResult, categ
                          fine_category=first.fine_class, path=str(path), sha256=data_sha, box=obj.box, object_index=k,
                          view=path.relative_to(root).as_posix(),
                          extra={"detected_category": obj.category, "detection_score": round(obj.score, 4),
-                                "whole_image": obj.whole_image})
+                                "whole_image": obj.whole_image, "image_points": len(rows)})
             for k, obj in enumerate(rows)]
 
 
 def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, category_from_folders: bool = False,
-                 batch: int = 64, concurrency: int = 4, recreate: bool = False,
+                 batch: int = 64, concurrency: int = 4, recreate: bool = False, live: bool = True,
                  progress: Callable[[int], None] | None = None) -> IndexReport:
+    """Indexes every image under ``folder`` into the collection of the embedder the server runs.
+
+    ``live`` (``client.index``): that collection must be the one searches read (the alias), else
+    StoreError says to roll out; ``live=False`` (``client.rollout index``) fills it while the alias keeps
+    serving another. A store opened for another embedder than the served one is refused. Points are
+    written ``batch`` at a time, each image's points in one write."""
     t0 = time.time()
     report = IndexReport()
     paths = list_catalog(folder)
-    store.ensure(client.dim, recreate=recreate)
+    served = client.embedder_id()
+    if store.embedder_id is None:
+        store.use_embedder(served)
+    elif store.embedder_id != served:
+        raise StoreError(f"this store writes the collection of embedder {store.embedder_id} but the server runs {served}")
+    store.ensure(client.dim, recreate=recreate, live=live)
     pending: list[CatalogPoint] = []
     data_sha: dict[str, str] = {}
     products: set[str] = set()
 
     def items():
-        for name, data in _read(paths, report):
-            data_sha[name] = hashlib.sha256(data).hexdigest()
+        for name, data in _read(paths, folder, report, progress):
+            sha = hashlib.sha256(data).hexdigest()
+            if is_stored(store, name, sha):
+                report.indexed += 1
+                report.unchanged += 1
+                products.add(Path(name).stem)
+                if progress:
+                    progress(1)
+                continue
+            data_sha[name] = sha
             yield name, data
 
-    answered = 0
     for name, result in client.infer_many(items(), concurrency=concurrency):
-        answered += 1
         if progress:
             progress(1)
         if isinstance(result, BadImage):
@@ -105,8 +156,5 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
             pending = []
     store.upsert(pending)
     report.products = len(products)
-    unread = len(paths) - answered
-    if progress and unread > 0:  # files that could not be read never reached the server
-        progress(unread)
     report.seconds = time.time() - t0
     return report

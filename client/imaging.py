@@ -7,6 +7,7 @@ all run exactly the same pixels through the models.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import spec
 
-Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs above 100 Mpx
+Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs above 100 Mpx (decode checks it, not only Pillow's warning)
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # refuse larger encoded files before decoding them
+MAX_SQUARE_SIDE = 4096  # letterbox: a longer side is first reduced (box filter), so a 60000x20 strip never pads to 60000²
 
 
 class ImageDecodeError(ValueError):
@@ -25,10 +28,17 @@ def decode(data: bytes) -> Image.Image:
     """Encoded bytes -> RGB image, EXIF orientation applied."""
     if not data:
         raise ImageDecodeError("empty input (0 bytes)")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageDecodeError(f"file too large ({len(data) / 2**20:.0f} MiB); the limit is {MAX_IMAGE_BYTES // 2**20} MiB")
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns below twice its limit
+                raise ImageDecodeError(f"image too large ({im.width}x{im.height} = {im.width * im.height / 1e6:.0f} Mpx); "
+                                       f"the limit is {Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx (decompression bomb?)")
             im.load()
             img = ImageOps.exif_transpose(im)
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                img = _to_8bit(img)
             if img.mode != "RGB":
                 if "A" in img.getbands() or img.mode == "P":
                     rgba = img.convert("RGBA")
@@ -38,6 +48,8 @@ def decode(data: bytes) -> Image.Image:
                     img = img.convert("RGB")
             else:
                 img = img.copy()
+    except ImageDecodeError:
+        raise
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): not a known image format") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -45,6 +57,20 @@ def decode(data: bytes) -> Image.Image:
     if img.width < 8 or img.height < 8:
         raise ImageDecodeError(f"image too small ({img.width}x{img.height}); need at least 8x8")
     return img
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey -> 8-bit grey ("L"): 16-bit samples keep their high byte; float samples in
+    [0, 1] scale to 0..255, other ranges are stretched (Pillow's own conversion would clip them to white)."""
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        lo, hi = (0.0, 1.0) if a.size and a.min() >= 0 and a.max() <= 1 else (float(a.min(initial=0)), float(a.max(initial=1)))
+        a = (a - lo) / max(hi - lo, 1e-12) * 255
+    elif img.mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+        a = (a - a.min()) / max(a.max() - a.min(), 1) * 255
+    else:
+        a = a / 256
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
 
 
 def to_chw(img: Image.Image) -> np.ndarray:
@@ -58,8 +84,10 @@ def letterbox(img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     the ``preprocess`` model, in the order of ``spec.PREPROCESS.outputs``. A box normalised to the padded square maps back to original
     pixels by multiplying with max(h, w).
     """
-    w, h = img.size
-    side = max(w, h)
+    w, h = img.size  # the caller's pixels: boxes map back to them
+    if max(w, h) > MAX_SQUARE_SIDE:
+        img = img.reduce(math.ceil(max(w, h) / MAX_SQUARE_SIDE))
+    side = max(img.size)
     square = Image.new("RGB", (side, side), (spec.PAD_VALUE,) * 3)
     square.paste(img, (0, 0))
     src = square.resize((spec.CROP_SOURCE_SIZE,) * 2, Image.BILINEAR)

@@ -27,7 +27,10 @@ from export import repository
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE = ROOT / "data" / "triton"
-SHM_PREFIX = "triton_python_backend_shm_region"
+# shared-memory regions of the Python backend and of Python-based backends (backends/onnxruntime here):
+# triton_python_backend_shm_region_*, triton_onnxruntime_backend_shm_region_*
+SHM_GLOB = "triton_*backend_shm_region*"
+SHM_MARK = "backend_shm_region"
 
 
 class DeployError(RuntimeError):
@@ -78,7 +81,10 @@ def prepare_backends(state_dir: Path) -> Path:
 
 
 def port_free(port: int) -> bool:
+    """Whether a server can listen on 127.0.0.1:``port`` (as tritonserver does, with SO_REUSEADDR: the
+    TIME_WAIT connections a killed server leaves do not hold its port)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -106,16 +112,17 @@ def _alive(pid: int) -> bool:
 
 
 def cleanup_shm() -> list[str]:
-    """Removes Python-backend shared-memory regions that no running process has mapped."""
+    """Removes Python-backend shared-memory regions (of every Python-based backend) that no running
+    process has mapped: a server killed with SIGKILL leaves them behind."""
     shm = Path("/dev/shm")
-    regions = list(shm.glob(SHM_PREFIX + "*")) if shm.is_dir() else []
+    regions = list(shm.glob(SHM_GLOB)) if shm.is_dir() else []
     if not regions:
         return []
     mapped = set()
     for maps in Path("/proc").glob("[0-9]*/maps"):
         try:
             for line in maps.read_text().splitlines():
-                if SHM_PREFIX in line:
+                if SHM_MARK in line:
                     mapped.add(line.split()[-1].replace(" (deleted)", ""))
         except OSError:
             continue

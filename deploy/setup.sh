@@ -11,6 +11,15 @@ if ! command -v curl >/dev/null || ! command -v jq >/dev/null; then
     echo "warning: curl and jq are needed by examples/curl_infer.sh and its test; install them" >&2
   fi
 fi
+# chromium: tests/test_browser.py drives Debian's browser through playwright (no `playwright install`: no download)
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+      || echo "warning: apt-get could not install chromium; tests/test_browser.py will be skipped" >&2
+  else
+    echo "warning: chromium is needed by tests/test_browser.py (skipped without it); install Debian's chromium" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -44,7 +44,7 @@ INPUT = spec.ENSEMBLE_INPUTS[0].name
 # What each ensemble tensor means, keyed by name (the spec owns names, dtypes and shapes).
 MEANINGS = {
     "image_bytes": "One encoded image: the file's bytes as they are (JPEG, PNG, WebP, BMP, GIF: first frame, TIFF). "
-                   "EXIF orientation is applied; at least 8×8 pixels. Exactly one element: the ensemble has no "
+                   "EXIF orientation is applied; at least 8×8 pixels, at most 100 megapixels and 64 MiB. Exactly one element: the ensemble has no "
                    "batch dimension (`max_batch_size: 0`), send one request per image (concurrently for throughput).",
     "boxes": "x1, y1, x2, y2 of each row in pixels of the original image (after EXIF rotation), clipped to it. "
              "The last row is the whole image: [0, 0, width, height].",
@@ -78,6 +78,8 @@ ERRORS = (
               f"in ensemble '{spec.ENSEMBLE}', preprocess: cannot decode image"),
     ErrorCase("empty", "an empty element (0 bytes)", "INVALID_ARGUMENT", 400, "preprocess: empty input (0 bytes)"),
     ErrorCase("too_small", "an image smaller than 8×8 pixels", "INVALID_ARGUMENT", 400, "preprocess: image too small"),
+    ErrorCase("too_many_pixels", "an image of more than 100 megapixels (a decompression bomb: refused before decoding)",
+              "INVALID_ARGUMENT", 400, "preprocess: image too large"),
     ErrorCase("two_images", f"two images in one request (`{INPUT}` of shape [2])", "INVALID_ARGUMENT", 400,
               f"unexpected shape for input '{INPUT}' for model '{spec.ENSEMBLE}'. Expected [1], got [2]"),
     ErrorCase("wrong_dtype", "the file's bytes as a UINT8 tensor instead of one BYTES element", "INVALID_ARGUMENT", 400,

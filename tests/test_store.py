@@ -111,6 +111,17 @@ def test_one_hit_per_product_when_every_product_has_many_views(store):
     assert [h.product_id for h in hits][0] == "p0" and sorted(h.product_id for h in hits) == ["p0", "p1", "p2"]
 
 
+def test_get_and_delete_one_product(store):
+    store.upsert([_point(1, path="/cat/b.jpg", product="shoe"), _point(2, path="/cat/a.jpg", product="shoe"),
+                  _point(3, category="bags", product="bag")])
+    assert [p["path"] for p in store.get_product("shoe")] == ["/cat/a.jpg", "/cat/b.jpg"]
+    assert store.get_product("nope") == [] and store.delete_product("nope") == 0
+    assert store.categories() == {"bags": 1, "watches": 1}
+    assert store.delete_product("shoe") == 2
+    assert store.get_product("shoe") == [] and [p["product_id"] for p in store.get_product("bag")] == ["bag"]
+    assert store.count() == 1
+
+
 def test_collection_is_versioned_behind_an_alias(store):
     assert store.collection == "products_v1"
     assert store.aliases() == {"products": "products_v1"}
@@ -125,6 +136,88 @@ def test_recreate_empties_the_collection_and_keeps_the_alias(store):
 def test_dimension_mismatch_is_refused(store):
     with pytest.raises(StoreError, match="8-d vectors but the model gives 16-d"):
         store.ensure(16)
+
+
+# collections per embedder, the alias, the embedder guard ---------------------------------------------
+
+def _indexed(engine, embedder, points, dim=8, live=True):
+    store = QdrantStore(engine=engine, embedder_id=embedder)
+    store.ensure(dim, live=live)
+    store.upsert(points)
+    return store
+
+
+def test_each_embedder_writes_its_own_collection_recording_its_id(kind, tmp_path):
+    engine = make_engine(kind, tmp_path / "q")
+    a = _indexed(engine, "v1-aaaa", [_point(i) for i in range(3)])
+    assert a.collection == "products_v1-aaaa" and engine.metadata(a.collection) == {"embedder_id": "v1-aaaa"}
+    assert a.live() == "products_v1-aaaa"  # the first catalog goes live at once
+    b = _indexed(engine, "v1-bbbb", [_point(i, vec=-_vec(i)) for i in range(2)], live=False)
+    assert b.live() == "products_v1-aaaa" and b.count() == 2 and a.count() == 3  # the alias still serves a
+    assert engine.collections() == ["products_v1-aaaa", "products_v1-bbbb"]
+    reader = QdrantStore(engine=engine)  # a search reads through the alias, at every call
+    assert reader.collection == "products" and reader.count() == 3
+    engine.set_alias("products", b.collection)
+    assert reader.count() == 2 and reader.search(-_vec(1), top_k=1)[0].product_id == "p1"
+    reader.optimize()  # through the alias too: the collection it points at is optimised, nothing else written
+    assert engine.collections() == ["products_v1-aaaa", "products_v1-bbbb"] and reader.count() == 2
+    engine.set_metadata(b.collection, {"previous": a.collection})
+    assert engine.metadata("products") == {"embedder_id": "v1-bbbb", "previous": "products_v1-aaaa"}
+    engine.close()
+
+
+def test_indexing_for_another_embedder_than_the_live_one_is_refused_before_writing(kind, tmp_path):
+    engine = make_engine(kind, tmp_path / "q")
+    _indexed(engine, "v1-aaaa", [_point(i) for i in range(3)])
+    store = QdrantStore(engine=engine, embedder_id="v1-bbbb")
+    with pytest.raises(StoreError, match=r"built with embedder v1-aaaa \(8-d vectors\) but the server runs embedder "
+                                         r"v1-bbbb: re-index with `python -m client.rollout index DIR`"):
+        store.ensure(8)
+    assert engine.collections() == ["products_v1-aaaa"]  # nothing created
+    engine.close()
+
+
+def test_search_refuses_a_catalog_of_another_embedder_or_vector_size(kind, tmp_path):
+    engine = make_engine(kind, tmp_path / "q")
+    _indexed(engine, "v1-aaaa", [_point(i) for i in range(3)])
+    reader = QdrantStore(engine=engine)
+    reader.check_embedder("v1-aaaa", 8)
+    with pytest.raises(StoreError, match=r"built with embedder v1-aaaa \(8-d vectors\) but the server runs embedder "
+                                         r"v1-bbbb \(8-d\): re-index with `python -m client.rollout index DIR`, then"):
+        reader.check_embedder("v1-bbbb", 8)
+    with pytest.raises(StoreError, match=r"\(8-d vectors\) but the server runs embedder v1-aaaa \(16-d\)"):
+        reader.check_embedder("v1-aaaa", 16)
+    _indexed(engine, "v1-bbbb", [_point(1)], live=False)  # rolled out but not switched: say so
+    with pytest.raises(StoreError, match=r"products_v1-bbbb is indexed \(1 points\); make it live with `python -m client.rollout switch`"):
+        reader.check_embedder("v1-bbbb", 8)
+    engine.close()
+
+
+def test_a_catalog_that_records_no_embedder_is_refused(kind, tmp_path):
+    engine = make_engine(kind, tmp_path / "q")
+    with QdrantStore(engine=engine) as old:  # as indexed before collections recorded their embedder
+        old.ensure(8)
+        old.upsert([_point(1)])
+        with pytest.raises(StoreError, match="an embedder it does not record"):
+            old.check_embedder("v1-aaaa", 8)
+        with pytest.raises(StoreError, match="re-index with `python -m client.rollout index DIR`"):
+            QdrantStore(engine=engine, embedder_id="v1-aaaa").ensure(8)
+
+
+def test_an_empty_placeholder_collection_hands_the_alias_over(kind, tmp_path):
+    engine = make_engine(kind, tmp_path / "q")
+    engine.create("products_v1", 8, "cosine", ())  # as deploy/k8s/create_collection.py leaves it
+    engine.set_alias("products", "products_v1")
+    store = _indexed(engine, "v1-aaaa", [_point(1)])
+    assert store.live() == "products_v1-aaaa"
+    engine.close()
+
+
+def test_image_points_are_found_by_path(store):
+    store.upsert([CatalogPoint(**{**_point(1, path="/cat/a.jpg").__dict__, "object_index": k, "extra": {"image_points": 2}})
+                  for k in range(2)] + [_point(2, path="/cat/b.jpg")])
+    assert sorted(p["object"] for p in store.image_points("/cat/a.jpg")) == [0, 1]
+    assert store.image_points("/cat/none.jpg") == []
 
 
 def test_url_and_path_together_are_refused(tmp_path, monkeypatch):
@@ -224,6 +317,8 @@ def test_engines_give_the_same_answers(tmp_path, distance):
         threshold = float(np.median(scores))  # half the points pass, whichever way the distance sorts
         for where in wheres:
             assert edge.count("c", where) == server.count("c", where)
+            scrolled = [[r.id for r in e.scroll("c", where=where, batch=64)] for e in engines]
+            assert scrolled[0] == scrolled[1] and len(scrolled[0]) == edge.count("c", where)
             for q in queries:
                 _same(edge.query("c", q, limit=10, where=where), server.query("c", q, limit=10, where=where))
                 _same(edge.query("c", q, limit=N, where=where, threshold=threshold),

@@ -238,6 +238,15 @@ def lp(*elements: bytes) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
+def _huge_png() -> bytes:
+    """12000 x 10000 one-bit pixels (120 Mpx) in a small file: a decompression bomb."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("1", (12000, 10000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _tiny_png() -> bytes:
     import io
 
@@ -250,6 +259,7 @@ BAD_REQUESTS = {  # error key (export.reference.ERRORS) -> the request, given a 
     "not_an_image": lambda jpg: Request("BYTES", (1,), lp(b"this is not an image")),
     "empty": lambda jpg: Request("BYTES", (1,), lp(b"")),
     "too_small": lambda jpg: Request("BYTES", (1,), lp(_tiny_png())),
+    "too_many_pixels": lambda jpg: Request("BYTES", (1,), lp(_huge_png())),
     "two_images": lambda jpg: Request("BYTES", (2,), lp(jpg, jpg)),
     "wrong_dtype": lambda jpg: Request("UINT8", (len(jpg),), jpg),
     "no_length_prefix": lambda jpg: Request("BYTES", (1,), jpg),

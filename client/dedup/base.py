@@ -288,17 +288,24 @@ class Method:
                 items.append((str(p), p.read_bytes()))
             except OSError as exc:
                 errors.append((str(p), f"cannot read: {exc.strerror or exc}"))
-        feats, bad = self.encode(items)
-        errors += bad
         with self.open_store(name or default_name(folder), store_path) as store:
             if store.count() == 0:
                 raise ValueError(f"{store.where} is empty: index the folder first (python -m client.dedup {folder} --method {self.name})")
-            records = list(store.records(with_vectors=self.read_vectors))
-            names = list(feats)
-            paths = [p["path"] for _, p, _ in records] + names  # positions: the stored records, then the new images
-            allfeats = [self.from_record(p, v) for _, p, v in records] + [feats[n] for n in names]
-            plan = self.plan(threshold, allfeats, paths)
-            hits = self.lookup(plan, store, [pid for pid, _, _ in records], allfeats, list(range(len(records), len(paths))))
+            found, bad = self.check_data(items, store, threshold)
+        return found, errors + bad
+
+    def check_data(self, items: list[tuple[str, bytes]], store: DedupStore,
+                   threshold: float | None = None) -> tuple[dict[str, list[tuple[str, float]]], Errors]:
+        """Each encoded image (name, bytes)'s copies among the points of an open, indexed ``store``, as (path,
+        score), and (name, reason) of the images that could not be read; nothing is added (the web service's
+        POST /dedup/check: an upload never becomes a file)."""
+        feats, errors = self.encode(items)
+        records = list(store.records(with_vectors=self.read_vectors))
+        names = list(feats)
+        paths = [p["path"] for _, p, _ in records] + names  # positions: the stored records, then the new images
+        allfeats = [self.from_record(p, v) for _, p, v in records] + [feats[n] for n in names]
+        plan = self.plan(threshold, allfeats, paths)
+        hits = self.lookup(plan, store, [pid for pid, _, _ in records], allfeats, list(range(len(records), len(paths))))
         return {n: [(paths[k], score) for k, score in row] for n, row in zip(names, hits)}, errors
 
 

@@ -4,13 +4,12 @@ the kept image of a group is never touched)."""
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import shutil
 from pathlib import Path
 
-from client.gallery import _thumb
+from client.gallery import dedup_report_html
 
 
 def table(result) -> str:
@@ -59,18 +58,8 @@ def check_text(found: dict[str, list[tuple[str, float]]]) -> str:
 
 
 def to_html(result, side: int = 160) -> str:
-    sections = []
-    for n, g in enumerate(result.groups, 1):
-        cells = "".join(
-            f'<figure{" class=keep" if k == 0 else ""}><img src="{_thumb(p, side)}" alt=""><figcaption>'
-            f'{"<b>keep</b><br>" if k == 0 else ""}{html.escape(p)}</figcaption></figure>' for k, p in enumerate(g.images))
-        sections.append(f'<section><h2>group {n}: {g.count} copies ({"exact" if g.exact else "near-duplicate"})</h2>'
-                        f'<div class="row">{cells}</div></section>')
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>duplicates</title><style>
-body{{font-family:sans-serif;margin:1em}} .row{{display:flex;gap:8px;flex-wrap:wrap}} figure{{margin:0;width:{side + 10}px;font-size:11px;word-break:break-all}}
-figure.keep img{{outline:3px solid #3cb44b}} section{{border-top:1px solid #ccc;margin:10px 0}} h2{{font-size:15px}} img{{max-width:100%}}</style></head><body>
-<h1>{len(result.groups)} group(s) of copies among {result.scanned} images</h1><p>method {html.escape(result.method)}, threshold {result.threshold:g};
-the image kept (largest resolution, then largest file, then oldest) is outlined.</p>{''.join(sections) or '<p>no duplicates</p>'}</body></html>"""
+    """The page of the groups, drawn by the renderer the web page uses (client/gallery.py)."""
+    return dedup_report_html(result.to_json(), thumb_side=side)
 
 
 def plan(result, *, move_to: Path | None, delete: bool, root: Path) -> list[tuple[str, str | None]]:

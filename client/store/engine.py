@@ -1,6 +1,8 @@
 """The engine interface both stores use, and the one place that picks an engine.
 
-An ``Engine`` holds named collections of dense vectors with JSON payloads. Two implementations:
+An ``Engine`` holds named collections of dense vectors with JSON payloads, each with a small metadata
+dict (what it was built with), and aliases naming collections: reads and writes may name an alias (the
+engine follows it at each call, as a Qdrant server does). Two implementations:
 ``EdgeEngine`` (qdrant-edge: Qdrant's Rust segment engine in process, one folder on disk) and
 ``ServerEngine`` (qdrant-client talking to a Qdrant server). Filters are ``Where`` values: every
 ``must`` field holds one of its values and no ``must_not`` field does. Scores are Qdrant's: cosine and
@@ -79,8 +81,23 @@ class Engine(ABC):
     def exists(self, collection: str) -> bool: ...
 
     @abstractmethod
-    def create(self, collection: str, dim: int, distance: str = "cosine", keyword_fields: Sequence[str] = ()) -> None:
-        """A new empty collection with a keyword payload index on each of ``keyword_fields``."""
+    def create(self, collection: str, dim: int, distance: str = "cosine", keyword_fields: Sequence[str] = (), *,
+               metadata: Mapping[str, str] | None = None, like: str | None = None) -> None:
+        """A new empty collection with a keyword payload index on each of ``keyword_fields``, recording
+        ``metadata``; ``like``: an existing collection whose cluster layout (shards, replication, write
+        consistency) the new one copies (a server only: the embedded engine has one shard)."""
+
+    @abstractmethod
+    def collections(self) -> list[str]:
+        """The names of every collection (not aliases), sorted."""
+
+    @abstractmethod
+    def metadata(self, collection: str) -> dict:
+        """What a collection records about itself (given at creation or with ``set_metadata``)."""
+
+    @abstractmethod
+    def set_metadata(self, collection: str, values: Mapping[str, str]) -> None:
+        """Adds or replaces these keys of a collection's metadata."""
 
     @abstractmethod
     def drop(self, collection: str) -> None:
@@ -133,8 +150,9 @@ class Engine(ABC):
             fetch *= 2
 
     @abstractmethod
-    def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 5000) -> Iterator[Record]:
-        """Every point, in id order."""
+    def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 5000,
+               where: Where | None = None) -> Iterator[Record]:
+        """Every point (matching ``where``), in id order."""
 
     def optimize(self, collection: str) -> None:
         """Build the HNSW index now (a server does it on its own)."""
@@ -145,6 +163,10 @@ class Engine(ABC):
     @abstractmethod
     def aliases(self) -> dict[str, str]:
         """alias -> collection."""
+
+    def resolve(self, name: str) -> str:
+        """The collection an alias points at, or ``name`` itself."""
+        return self.aliases().get(name, name)
 
     @abstractmethod
     def close(self) -> None: ...

@@ -1,7 +1,10 @@
 """The product catalog in Qdrant: ``QdrantStore`` over any engine (embedded on disk by default, a server
 with QDRANT_URL).
 
-One collection per embedder version (``products_v<N>``) behind the alias ``products``. Payload:
+One collection per served embedder (``products_<embedder id>``, the id ``RetrievalClient.embedder_id()``
+reports, recorded in the collection's metadata) behind the alias ``products``: ``client.index`` writes
+the collection of the embedder the server runs, searches read the alias, ``client.rollout`` moves it.
+A catalog built by another embedder than the served one is refused with what to run. Payload:
 product_id, category (merged), fine_category, path, box, sha256, object. Payload indexes are created
 before upload. A point is one view of one product: its id derives from (product_id, the image's path
 under the catalog root, object index), never from the image content, so re-indexing never duplicates
@@ -11,6 +14,7 @@ and two products that share a byte-identical photo stay two products. A file who
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,11 @@ from client.store.engine import POINT_NAMESPACE, Collection, Engine, StoreError,
 
 ALIAS = "products"
 KEYWORD_FIELDS = ("product_id", "category", "fine_category", "sha256", "path")
+
+
+def collection_for(embedder_id: str) -> str:
+    """The collection of the catalog indexed with one embedder."""
+    return "products_" + re.sub(r"[^A-Za-z0-9_-]", "_", embedder_id)
 
 
 def point_id(product_id: str, view: str, object_index: int) -> str:
@@ -67,32 +76,99 @@ def _category(category: str | None) -> Where | None:
 
 class QdrantStore(Collection):
     """The products collection. Opens the engine from ``url``/``path``/``api_key`` (see ``open_engine``),
-    or takes over ``engine`` (closed with the store)."""
+    or takes over ``engine`` (closed with the store).
+
+    With ``embedder_id`` (indexing) the store reads and writes that embedder's collection. Without it
+    (searching) it reads and writes through the alias, followed at every call, so a ``client.rollout
+    switch`` is live at the next query; with no alias yet, the collection ``spec.collection_name(version)``."""
 
     def __init__(self, *, url: str | None = None, path: str | Path | None = None, api_key: str | None = None,
-                 engine: Engine | None = None, version: int = spec.EMBEDDER_VERSION, alias: str = ALIAS):
+                 engine: Engine | None = None, version: int = spec.EMBEDDER_VERSION, alias: str = ALIAS,
+                 embedder_id: str | None = None):
         if engine is not None and (url or path or api_key):
             raise StoreError("give either an open engine or where to open one (url, path, api_key), not both")
         self.engine = engine or open_engine(url=url, path=path, api_key=api_key)
-        self.collection = spec.collection_name(version)
         self.alias = alias
         self.where = self.engine.where
+        self.embedder_id: str | None = None
+        try:
+            self.collection = alias if alias in self.engine.aliases() else spec.collection_name(version)
+        except BaseException:
+            self.engine.close()
+            raise
+        if embedder_id:
+            self.use_embedder(embedder_id)
+
+    def use_embedder(self, embedder_id: str) -> None:
+        """From now on read and write the collection of this embedder."""
+        self.embedder_id = embedder_id
+        self.collection = collection_for(embedder_id)
 
     def exists(self) -> bool:
         return self.engine.exists(self.collection)
 
-    def ensure(self, dim: int = spec.EMBED_DIM, recreate: bool = False) -> None:
-        """Create the collection (dropping it first with ``recreate``) and point the alias at it."""
-        if recreate and self.exists():
-            self.engine.drop(self.collection)
-        if not self.exists():
-            self.engine.create(self.collection, dim, "cosine", KEYWORD_FIELDS)
+    def live(self) -> str | None:
+        """The collection the alias points at (what searches read), if any."""
+        return self.engine.aliases().get(self.alias)
+
+    def _placeholder(self, collection: str) -> bool:
+        """An empty collection that records no embedder (as deploy/k8s/create_collection.py makes): nothing to keep."""
+        return not self.engine.metadata(collection).get("embedder_id") and self.engine.count(collection) == 0
+
+    def ensure(self, dim: int = spec.EMBED_DIM, recreate: bool = False, *, live: bool = True) -> None:
+        """Creates the collection this store writes (dropping it first with ``recreate``), recording its
+        embedder, and checks its vector size and embedder. The alias is pointed at it when it points nowhere
+        yet or at a placeholder (``_placeholder``), a new collection copies the live one's cluster layout.
+        ``live`` (client.index): the alias must end up here, so a catalog serving another embedder's
+        collection is refused before anything is written; without it (``client.rollout index``) the alias
+        keeps serving the old collection until ``client.rollout switch``."""
+        target = self.engine.resolve(self.collection)
+        current = self.live()
+        if live and current not in (None, target) and not self._placeholder(current):
+            raise StoreError(self.mismatch(current))
+        if recreate and self.engine.exists(target):
+            self.engine.drop(target)
+            current = self.live()
+        if not self.engine.exists(target):
+            self.engine.create(target, dim, "cosine", KEYWORD_FIELDS, like=current if current not in (None, target) else None,
+                               metadata={"embedder_id": self.embedder_id} if self.embedder_id else None)
         else:
-            size = self.engine.vector_size(self.collection)
+            size = self.engine.vector_size(target)
             if size != dim:
-                raise StoreError(f"collection {self.collection} holds {size}-d vectors but the model gives {dim}-d; "
-                                 "bump spec.EMBEDDER_VERSION or re-create it")
-        self.engine.set_alias(self.alias, self.collection)
+                raise StoreError(f"collection {target} holds {size}-d vectors but the model gives {dim}-d; "
+                                 f"re-index with `python -m client.rollout index DIR`")
+            recorded = self.engine.metadata(target).get("embedder_id")
+            if self.embedder_id and recorded != self.embedder_id:
+                raise StoreError(f"collection {target} records embedder {recorded}, not {self.embedder_id}; delete it and re-index")
+        if current is None or (current != target and self._placeholder(current)):
+            self.engine.set_alias(self.alias, target)
+
+    def check_embedder(self, embedder_id: str, dim: int) -> None:
+        """Refuses (StoreError, saying what to run) to use a catalog built with another embedder than the
+        served one ``embedder_id`` or holding vectors of another size than ``dim``."""
+        target = self.engine.resolve(self.collection)
+        recorded = self.engine.metadata(target).get("embedder_id")
+        size = self.engine.vector_size(target)
+        if recorded != embedder_id or size != dim:
+            raise StoreError(self.mismatch(target, embedder_id, dim))
+
+    def mismatch(self, collection: str, embedder_id: str | None = None, dim: int | None = None) -> str:
+        """Why ``collection`` cannot serve the embedder ``embedder_id`` (default: this store's), and what to do."""
+        embedder_id = embedder_id or self.embedder_id
+        recorded = self.engine.metadata(collection).get("embedder_id")
+        built = f"embedder {recorded}" if recorded else "an embedder it does not record (indexed before collections recorded one)"
+        size = self.engine.vector_size(collection)
+        served = f"embedder {embedder_id}" + (f" ({dim}-d)" if dim else "")
+        msg = (f"the catalog {collection} at {self.where} was built with {built} ({size}-d vectors) but the server "
+               f"runs {served}: ")
+        new = collection_for(embedder_id) if embedder_id else None
+        if new and new != collection and self.engine.exists(new) and self.engine.count(new):
+            return msg + f"{new} is indexed ({self.engine.count(new)} points); make it live with `python -m client.rollout switch`"
+        return msg + "re-index with `python -m client.rollout index DIR`, then `python -m client.rollout switch`"
+
+    def image_points(self, path: str) -> list[dict]:
+        """The payloads of the points stored for the image file ``path`` (as indexed)."""
+        return [r.payload for r in self.engine.scroll(self.collection, where=Where(must={"path": [path]}))]
 
     def aliases(self) -> dict[str, str]:
         return self.engine.aliases()
@@ -117,3 +193,24 @@ class QdrantStore(Collection):
         hits = self.engine.query_groups(self.collection, vector, group_by="product_id", limit=top_k, where=_category(category))
         return [Hit(str(h.payload["product_id"]), h.payload.get("path", ""), h.score, h.payload.get("category", ""), h.payload)
                 for h in hits]
+
+    def get_product(self, product_id: str) -> list[dict]:
+        """The payloads of every stored point of one product (its views and objects), ordered by path and
+        object; empty when the product is not in the catalog."""
+        points = self.engine.scroll(self.collection, where=Where(must={"product_id": [product_id]}))
+        return sorted((r.payload for r in points), key=lambda p: (str(p.get("path", "")), int(p.get("object", 0))))
+
+    def delete_product(self, product_id: str) -> int:
+        """Removes every point of one product; returns how many there were (0: not in the catalog)."""
+        where = Where(must={"product_id": [product_id]})
+        n = self.engine.count(self.collection, where)
+        if n:
+            self.engine.delete_where(self.collection, where)
+        return n
+
+    def categories(self) -> dict[str, int]:
+        """Number of products per category (a product's points share its category)."""
+        products: dict[str, set[str]] = {}
+        for r in self.engine.scroll(self.collection):
+            products.setdefault(str(r.payload.get("category", "")), set()).add(str(r.payload.get("product_id", "")))
+        return {c: len(p) for c, p in sorted(products.items())}

@@ -2,11 +2,12 @@
 
 Built by ``open_engine`` with ``QdrantClient(url=..., api_key=..., prefer_grpc=True)`` when QDRANT_URL is
 set. ``QdrantClient(location=":memory:")`` implements the same API in process, which the tests use to
-stand for a server (it ignores payload indexes and scans exactly).
+stand for a server (it ignores payload indexes and scans exactly). A collection's metadata is Qdrant's
+collection metadata (server 1.16 or later); aliases are the server's own.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -28,18 +29,33 @@ class ServerEngine(Engine):
         self.where = where or str(client.init_options.get("url") or client.init_options.get("location") or "qdrant")
 
     def exists(self, collection: str) -> bool:
-        return self.client.collection_exists(collection)
+        return self.client.collection_exists(collection) or collection in self.aliases()
 
-    def create(self, collection: str, dim: int, distance: str = "cosine", keyword_fields: Sequence[str] = ()) -> None:
+    def collections(self) -> list[str]:
+        return sorted(c.name for c in self.client.get_collections().collections)
+
+    def create(self, collection: str, dim: int, distance: str = "cosine", keyword_fields: Sequence[str] = (), *,
+               metadata: Mapping[str, str] | None = None, like: str | None = None) -> None:
         if self.exists(collection):
             raise StoreError(f"collection {collection} exists already at {self.where}")
         params = models.VectorParams(size=dim, distance=models.Distance(check_distance(distance)))
-        self.client.create_collection(collection, vectors_config=params)
+        layout = {}
+        if like is not None:  # a new embedder's collection is sharded and replicated as the live one
+            have = self.client.get_collection(like).config.params
+            layout = {k: getattr(have, k) for k in ("shard_number", "replication_factor", "write_consistency_factor")
+                      if getattr(have, k, None) is not None}
+        self.client.create_collection(collection, vectors_config=params, metadata=dict(metadata or {}), **layout)
         for f in keyword_fields:
             self.client.create_payload_index(collection, f, field_schema=models.PayloadSchemaType.KEYWORD)
 
     def drop(self, collection: str) -> None:
         self.client.delete_collection(collection)
+
+    def metadata(self, collection: str) -> dict:
+        return dict(self.client.get_collection(collection).config.metadata or {})
+
+    def set_metadata(self, collection: str, values: Mapping[str, str]) -> None:
+        self.client.update_collection(self.resolve(collection), metadata={**self.metadata(collection), **values})
 
     def vector_size(self, collection: str) -> int:
         vectors = self.client.get_collection(collection).config.params.vectors
@@ -89,10 +105,12 @@ class ServerEngine(Engine):
                                               query_filter=_filter(where), with_payload=True)
         return [Scored(str(g.hits[0].id), float(g.hits[0].score), dict(g.hits[0].payload or {})) for g in res.groups]
 
-    def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 5000) -> Iterator[Record]:
-        offset = None
+    def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 5000,
+               where: Where | None = None) -> Iterator[Record]:
+        offset, flt = None, _filter(where)
         while True:
-            pts, offset = self.client.scroll(collection, offset=offset, limit=batch, with_payload=True, with_vectors=with_vectors)
+            pts, offset = self.client.scroll(collection, offset=offset, limit=batch, scroll_filter=flt, with_payload=True,
+                                             with_vectors=with_vectors)
             for p in pts:
                 yield Record(str(p.id), dict(p.payload or {}), as_vector(p.vector) if with_vectors else None)
             if offset is None:

@@ -2,6 +2,10 @@
 its alias. Run by the Job in qdrant-collection.yaml with the settings of collection.json (both mounted
 from the ConfigMap qdrant-collection); standard library only, so a plain python image runs it.
 
+The collection is a placeholder until the first ``python -m client.index``: that creates the collection
+of the served embedder (``products_<embedder id>``) with this one's shards, replication and write
+consistency, and moves the alias to it (client/store/products.py, ``QdrantStore.ensure``).
+
 Idempotent: an existing collection is checked against the settings, never changed, and a mismatch
 fails the Job (re-sharding is a deliberate operation, not a side effect of `kubectl apply`). The API
 key comes from $QDRANT_API_KEY (a Secret), never from the command line.
