@@ -70,12 +70,13 @@ def _thumbs(paths: Iterable[str], side: int) -> tuple[dict[str, str], dict[str, 
 
 
 def render_html(kind: str, report: dict, *, images: dict[str, str] | None = None, thumbs: dict[str, str] | None = None,
-                links: dict[str, str] | None = None, title: str = "") -> str:
+                links: dict[str, str] | None = None, title: str = "", sizes: dict[str, list[int]] | None = None) -> str:
     """A page that draws ``report`` (kind "search" or "dedup") with the shared renderer; ``images`` (key -> URL),
     ``thumbs`` and ``links`` (result path -> URL) are what it shows and links."""
     if kind not in ("search", "dedup"):
         raise ValueError(f"unknown report kind {kind!r}; expected 'search' or 'dedup'")
-    data = {"kind": kind, "report": report, "images": images or {}, "thumbs": thumbs or {}, "links": links or {}}
+    data = {"kind": kind, "report": report, "images": images or {}, "thumbs": thumbs or {}, "links": links or {},
+            "sizes": sizes or {}}  # key -> [w, h] of the original picture (boxes are in its pixels; images may be shrunk)
     title = title or (report.get("image") if kind == "search" else "duplicates") or kind
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -90,7 +91,7 @@ def render_html(kind: str, report: dict, *, images: dict[str, str] | None = None
   const root = document.getElementById("gallery");
   const byPath = (m) => (p) => m[p] || null;
   if (d.kind === "dedup") Gallery.renderDedup(root, d.report, {{ thumb: byPath(d.thumbs), link: byPath(d.links) }});
-  else Gallery.renderSearch(root, d.report, {{ image: (k) => d.images[k] || null,
+  else Gallery.renderSearch(root, d.report, {{ image: (k) => d.images[k] || null, size: (k) => d.sizes[k] || null,
     thumb: (r, i, k) => d.thumbs[i + "/" + k] || null, link: (r, i, k) => d.links[i + "/" + k] || null }});
 }})();
 </script></body></html>
@@ -119,7 +120,7 @@ def search_report_html(report: dict, images: dict[str, Image.Image], *, thumb_si
         for k, r in enumerate(o.get("results", [])):
             thumbs[f"{i}/{k}"], links[f"{i}/{k}"] = _thumb(r.get("path", ""), thumb_side), _file_link(r.get("path", ""))
     return render_html("search", report, images={k: data_uri(im, QUERY_SIDE) for k, im in images.items()},
-                       thumbs=thumbs, links=links)
+                       thumbs=thumbs, links=links, sizes={k: list(im.size) for k, im in images.items()})
 
 
 def write_report(path: str | Path, report: dict, images: dict[str, Image.Image]) -> Path:

@@ -1,7 +1,8 @@
-"""python -m client.search IMG [--top-k N] [--category C] [--json]: most similar catalog products per object.
+"""python -m client.search IMG|VIDEO ... [--top-k N] [--frames N] [--as-one] [--category C] [--json]: most similar catalog products per object.
 
-The objects of a photo are the rows ``select_rows`` picks (every detection above the detector's
-threshold, a few of the best weaker ones, no duplicates, in score order; the whole image if none).
+The objects of a photo are the rows the ensemble returns, chosen by the row policy of client/spec.py
+(every detection above the detector's threshold, a few of the best weaker ones, no duplicates, in score
+order; the whole image if none).
 Each is searched within its merged category when the classifier is confident (category_score >=
 spec.CATEGORY_FILTER_MIN_SCORE; else in the whole catalog), or within --category C for all objects;
 one hit per product, ranked by cosine similarity.
@@ -23,15 +24,12 @@ from client.result import DetectedObject, ImageResult, row_arrays
 from client.store import QdrantStore, StoreError
 from client.triton import BadImage, RetrievalClient, TritonError
 
-# Which rows of the ensemble a search reports (client policy, not the contract). The detector is
-# under-confident on unseen domains: rows below spec.SCORE_THRESHOLD often hold the product. Chosen with
-# `python -m export.evaluate` ("Row policy sweep": extra 0-3, floor 0.05/0.1/0.2, IoU 0.3/0.5/0.7) as round
-# values that win clearly, not tuned to the third decimal (quick profile, 2026-11-23): held-out products with a
-# box 0.872 -> 0.924, R@1 0.385 -> 0.418 (real photos 0.545 -> 0.610) for 2.0 -> 2.65 objects per photo; a
-# third extra row or a 0.05 floor adds <= 0.007 R@1 for 0.7 more objects per photo, a 0.2 floor loses 0.014.
-EXTRA_OBJECTS = 2  # at most this many detections below the threshold besides the valid ones (the cost: objects a person reads)
-EXTRA_MIN_SCORE = 0.10  # ... each scoring at least this (below it, rows rarely hold a product)
-MAX_OVERLAP = 0.5  # IoU above which a row repeats a box already reported (no NMS op, only a 3x3 max-pool: duplicates are common)
+# Which rows a search reports: the row policy of client/spec.py, which the served crop graph applies (every
+# row the ensemble returns is one of them). select_rows is that policy in Python, for outputs with every
+# detection row: export.evaluate measures other parameters with it, and a test holds the crop graph to it.
+EXTRA_OBJECTS = spec.EXTRA_OBJECTS
+EXTRA_MIN_SCORE = spec.EXTRA_MIN_SCORE
+MAX_OVERLAP = spec.MAX_OVERLAP
 
 
 def select_rows(source: ImageResult | Mapping[str, np.ndarray], *, extra: int = EXTRA_OBJECTS,
@@ -81,6 +79,8 @@ class ObjectResults:
 def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, top_k: int = 5,
                  category: str | None = None, name: str = "<bytes>", filter_by_category: bool = True) -> list[ObjectResults]:
     result = client.infer(data, name)
+    # a catalog built with another embedder than the served one cannot be searched (StoreError: what to run)
+    store.check_embedder(result.embedder_id, len(result.image_embedding))
     out = []
     known: dict[str, bool] = {}
     for obj in select_objects(result):
@@ -111,45 +111,94 @@ def format_table(name: str, objects: list[ObjectResults]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("image", type=Path)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] + " A video gives one object per product followed "
+                                 "through its frames (client/video.py).")
+    ap.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_VIDEO",
+                    help="photos and/or videos (told apart by their content); several: one result each (--json: one line each)")
     ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--frames", type=int, default=10, help="frames sampled evenly from a video (default %(default)s)")
+    ap.add_argument("--as-one", action="store_true", help="the photos show one scene: follow each product across them and vote, "
+                    "as for a video's frames")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight to Triton for a video's frames (default %(default)s)")
     ap.add_argument("--category", help="search every object within this category instead of its detected one")
     ap.add_argument("--no-category-filter", action="store_true", help="search the whole catalog for every object")
-    ap.add_argument("--json", action="store_true", help='print {"objects": [{"box", "score", "category", "results": [...]}]}')
-    ap.add_argument("--html", type=Path, help="also write an HTML gallery of the results to this file")
+    ap.add_argument("--json", action="store_true", help='print {"objects": [{"box", "score", "category", "results": [...]}]}; '
+                    'a video\'s objects also have "frame", "frames" and results "votes"')
+    ap.add_argument("--html", type=Path, help="also write an HTML gallery of the results to this file "
+                    "(several inputs without --as-one: FILE_1.html, FILE_2.html, ...)")
     add_triton_url(ap)
     args = ap.parse_args(argv)
     if args.top_k < 1:
         ap.error("--top-k must be at least 1")
-    try:
-        data = args.image.read_bytes()
-    except OSError as exc:
-        print(f"error: {args.image}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+    if args.frames < 1:
+        ap.error("--frames must be at least 1")
+    from client import gallery, video
+
+    kinds = {p: video.is_video(p) for p in args.inputs}
+    if args.as_one and any(kinds.values()):
+        ap.error(f"--as-one votes over photos; {next(p for p, v in kinds.items() if v)} is a video (its frames are voted already)")
+    search = dict(top_k=args.top_k, category=args.category, filter_by_category=not args.no_category_filter)
+    status = 0
+
+    def fail(code: int, message: str) -> None:
+        nonlocal status
+        print(f"error: {message}", file=sys.stderr)
+        status = status or code
+
+    def html_path(i: int) -> Path | None:
+        if args.html is None or args.as_one or len(args.inputs) == 1:
+            return args.html
+        return args.html.with_name(f"{args.html.stem}_{i + 1}{args.html.suffix or '.html'}")
+
+    def emit(i: int, report: dict, text: str, images: dict) -> None:
+        print(json.dumps(report) if args.json else text, flush=True)
+        page = html_path(i)
+        if page:
+            gallery.write_report(page, report, images)
+            print(f"gallery: {page}", file=sys.stderr)
+
     try:
         with RetrievalClient(args.triton_url) as client, QdrantStore() as store:
             if not store.exists():
-                print(f"error: no catalog indexed at {store.where}; run `python -m client.index DIR` first", file=sys.stderr)
-                return 1
-            objects = search_image(data, client, store, top_k=args.top_k, category=args.category, name=str(args.image),
-                                   filter_by_category=not args.no_category_filter)
-    except BadImage as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+                fail(1, f"no catalog indexed at {store.where}; run `python -m client.index DIR` first")
+                return status
+            if args.as_one:
+                frames = []
+                for i, path in enumerate(args.inputs):
+                    try:
+                        data = path.read_bytes()
+                        frames.append(video.Frame.from_image(i, imaging.decode(data), data=data))
+                    except OSError as exc:
+                        fail(1, f"{path}: cannot read: {exc.strerror or exc}")
+                    except imaging.ImageDecodeError as exc:
+                        fail(2, f"{path}: {exc}")
+                if not frames:
+                    return status
+                images: dict = {}
+                report = video.search_frames(frames, client, store, concurrency=args.concurrency, images=images,
+                                             name=" + ".join(str(p) for p in args.inputs), **search)
+                report["inputs"] = [str(p) for p in args.inputs]
+                emit(0, report, video.format_report(report), images)
+                return status
+            for i, path in enumerate(args.inputs):
+                try:
+                    if kinds[path]:
+                        images = {}
+                        report = video.search_video(path, client, store, frames=args.frames, concurrency=args.concurrency,
+                                                    images=images, **search)
+                        emit(i, report, video.format_report(report), images)
+                        continue
+                    data = path.read_bytes()
+                    objects = search_image(data, client, store, name=str(path), **search)
+                    report = {"image": str(path), "objects": [o.to_json() for o in objects]}
+                    emit(i, report, format_table(str(path), objects), {"query": imaging.decode(data)} if html_path(i) else {})
+                except OSError as exc:
+                    fail(1, f"{path}: cannot read: {exc.strerror or exc}")
+                except (BadImage, video.VideoError) as exc:
+                    fail(2, str(exc))
     except (TritonError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({"image": str(args.image), "objects": [o.to_json() for o in objects]}))
-    else:
-        print(format_table(str(args.image), objects))
-    if args.html:
-        from client import gallery, imaging
-
-        gallery.write(args.html, imaging.decode(data), str(args.image), objects)
-        print(f"gallery: {args.html}", file=sys.stderr)
-    return 0
+        fail(1, str(exc))
+    return status
 
 
 if __name__ == "__main__":

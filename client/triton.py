@@ -3,11 +3,21 @@
 At connect time the server must be live, the ensemble ready, and its config must have every output
 named in client/spec.py (a server built from another spec fails then, not mid-batch); the input name,
 row count and embedding size are read from that config.
+
+Every request goes through ``RetrievalClient.call``. A server that is unreachable (UNAVAILABLE: down,
+restarting) or too slow (DEADLINE_EXCEEDED) is retried with exponential backoff and full jitter for up
+to ``retry_seconds`` (default $TRITON_RETRY_SECONDS or 30 s) before ``ServerUnavailable``; the gRPC
+channel itself reconnects within ~2 s once the server is back. Inference is a pure function of the
+image, so a retried request is safe.
 """
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import random
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -34,12 +44,49 @@ class BadImage(TritonError):
     """The server refused one image (cannot be decoded, too small ...); other images are unaffected."""
 
 
+DEFAULT_RETRY_SECONDS = 30.0
+RETRY_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # grpc.StatusCode names worth another attempt
+FIRST_DELAY, MAX_DELAY = 0.1, 5.0  # backoff: 0.1, 0.2, 0.4 ... 5 s (before jitter)
+
+
+def channel_args() -> list[tuple]:
+    """tritonclient's own channel options (message sizes, keepalive), plus a reconnect backoff capped at 2 s
+    so a restarted server is found at once (gRPC's default grows to 120 s between connection attempts)."""
+    keep = grpcclient.KeepAliveOptions()
+    return [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.keepalive_time_ms", keep.keepalive_time_ms), ("grpc.keepalive_timeout_ms", keep.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keep.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keep.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+def backoff_delays(first: float = FIRST_DELAY, cap: float = MAX_DELAY, rng: random.Random | None = None) -> Iterator[float]:
+    """Exponential backoff with full jitter: attempt k waits uniform(0, min(cap, first * 2**k)) seconds."""
+    rng = rng or random.Random()
+    k = 0
+    while True:
+        yield rng.uniform(0.0, min(cap, first * 2 ** k))
+        k += 1
+
+
 class RetrievalClient:
-    def __init__(self, url: str | None = None, *, model: str = spec.ENSEMBLE, timeout: float = 60.0):
+    def __init__(self, url: str | None = None, *, model: str = spec.ENSEMBLE, timeout: float = 60.0,
+                 retry_seconds: float | None = None):
         self.url = url or os.environ.get("TRITON_URL", spec.DEFAULT_TRITON_URL)
         self.model = model
         self.timeout = timeout
-        self._client = grpcclient.InferenceServerClient(self.url)
+        if retry_seconds is None:
+            try:
+                retry_seconds = float(os.environ.get("TRITON_RETRY_SECONDS", DEFAULT_RETRY_SECONDS))
+            except ValueError:
+                raise TritonError(f"TRITON_RETRY_SECONDS={os.environ['TRITON_RETRY_SECONDS']!r} is not a number of seconds") from None
+        if retry_seconds < 0:
+            raise TritonError(f"retry_seconds must be >= 0, got {retry_seconds}")
+        self.retry_seconds = retry_seconds
+        self.retries = 0  # requests sent again after UNAVAILABLE / DEADLINE_EXCEEDED, since connecting
+        self._count = threading.Lock()  # infer_many's threads retry concurrently
+        self._client = grpcclient.InferenceServerClient(self.url, channel_args=channel_args())
         try:
             live = self._client.is_server_live(client_timeout=min(timeout, 10.0))
         except InferenceServerException as exc:
@@ -85,23 +132,38 @@ class RetrievalClient:
 
     def call(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], name: str = "<bytes>") -> dict[str, np.ndarray]:
         """One request to any served model (the ensemble or one of its steps), by tensor name. The server's
-        INVALID_ARG becomes BadImage (about ``name``), a lost server ServerUnavailable."""
+        INVALID_ARG becomes BadImage (about ``name``); UNAVAILABLE and DEADLINE_EXCEEDED are retried with
+        backoff (``backoff_delays``) for up to ``retry_seconds``, then ServerUnavailable."""
         ins = []
         for key, arr in inputs.items():
             t = grpcclient.InferInput(key, list(arr.shape), np_to_triton_dtype(arr.dtype))
             t.set_data_from_numpy(arr)
             ins.append(t)
-        try:
-            res = self._client.infer(model, ins, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
-                                     client_timeout=self.timeout)
-        except InferenceServerException as exc:
-            msg = (exc.message() or str(exc)).removeprefix(f"in ensemble '{model}', ")
-            if "INVALID_ARG" in str(exc.status()):
-                raise BadImage(f"{name}: {msg}") from exc
-            if "UNAVAILABLE" in str(exc.status()):
-                raise ServerUnavailable(f"Triton at {self.url} went away: {msg}") from exc
-            raise TritonError(f"{name}: {model} failed: {msg}") from exc
-        return {n: res.as_numpy(n) for n in outputs}
+        requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        start = time.monotonic()
+        delays = backoff_delays()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                res = self._client.infer(model, ins, outputs=requested, client_timeout=self.timeout)
+                return {n: res.as_numpy(n) for n in outputs}
+            except InferenceServerException as exc:
+                status = str(exc.status())
+                msg = (exc.message() or str(exc)).removeprefix(f"in ensemble '{model}', ")
+                if "INVALID_ARG" in status:
+                    raise BadImage(f"{name}: {msg}") from exc
+                if not any(s in status for s in RETRY_STATUSES):
+                    raise TritonError(f"{name}: {model} failed: {msg}") from exc
+                delay = next(delays)
+                waited = time.monotonic() - start
+                if waited + delay > self.retry_seconds:
+                    raise ServerUnavailable(f"Triton at {self.url} did not answer {name} ({attempts} attempt(s) in "
+                                            f"{waited:.0f} s, the last: {msg}); is it running? "
+                                            "`python -m deploy.local status`") from exc
+            with self._count:
+                self.retries += 1
+            time.sleep(delay)  # backoff before the next attempt
 
     def models_ready(self, models) -> bool:
         """Whether every one of these models is served and ready."""
@@ -120,13 +182,25 @@ class RetrievalClient:
         return self._embedder_id
 
     def infer_many(self, items: Iterable[tuple[str, bytes]], concurrency: int = 4) -> Iterator[tuple[str, ImageResult | Exception]]:
-        """Yields (name, result or BadImage) in input order; ``concurrency`` requests in flight."""
-        def one(item):
-            name, data = item
+        """Yields (name, result or BadImage) in input order; ``concurrency`` requests in flight, and ``items``
+        read only a few ahead of them (a catalog is never held in memory). Other errors (ServerUnavailable
+        once the retries are spent) propagate."""
+        def one(name: str, data: bytes) -> ImageResult | Exception:
             try:
-                return name, self.infer(data, name)
+                return self.infer(data, name)
             except BadImage as exc:
-                return name, exc
+                return exc
 
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            yield from pool.map(one, items)
+        pool = ThreadPoolExecutor(max_workers=concurrency)
+        window: deque[tuple[str, Future]] = deque()
+        try:
+            for name, data in items:
+                window.append((name, pool.submit(one, name, data)))
+                while len(window) > 2 * concurrency or (window and window[0][1].done()):
+                    head, fut = window.popleft()
+                    yield head, fut.result()
+            while window:
+                head, fut = window.popleft()
+                yield head, fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -219,6 +219,7 @@ class Service:
                 from client.gallery import QUERY_SIDE, data_uri
 
                 report["frame_images"] = {k: data_uri(im, QUERY_SIDE) for k, im in images.items()}
+                report["frame_sizes"] = {k: list(im.size) for k, im in images.items()}  # boxes are in these pixels
             return report
         objects = search_image(upload.data, client, self.store, top_k=top_k, category=category, name=upload.name,
                                filter_by_category=category_filter)

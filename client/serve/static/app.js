@@ -52,6 +52,7 @@
       const isImage = !("frames_used" in report) && !("frame_count" in report);  // a video's answer says which frames
       Gallery.renderSearch($("results"), report, {
         image: (key) => (key === "query" ? (isImage ? state.url : null) : (report.frame_images || {})[key] || null),
+        size: (key) => (report.frame_sizes || {})[key] || null,
         thumb: (r) => itemImage(r, 160),
         link: (r) => itemImage(r, null),
         category: cat === "__off__" ? "off" : cat || null,

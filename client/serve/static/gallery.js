@@ -22,13 +22,15 @@
   const colour = (i) => COLOURS[i % COLOURS.length];
   const fmt = (v, d = 3) => (typeof v === "number" ? v.toFixed(d) : String(v));
 
-  // An image with boxes drawn over it (positions in % of the natural size, set once the image is loaded).
-  function boxedImage(src, boxes, alt) {
+  // An image with boxes drawn over it (positions in % of its size, set once the image is loaded). Boxes are in
+  // pixels of the original picture: ``size`` [w, h] is its size when the shown image was shrunk (reports embed
+  // pictures at most QUERY_SIDE wide), else the image's natural size is the original's.
+  function boxedImage(src, boxes, alt, size) {
     const wrap = el("div", { class: "g-query" });
     const img = el("img", { src: src, alt: alt || "" });
     wrap.append(img);
     const place = () => {
-      const w = img.naturalWidth, h = img.naturalHeight;
+      const w = (size && size[0]) || img.naturalWidth, h = (size && size[1]) || img.naturalHeight;
       if (!w || !h) return;
       for (const b of boxes) {
         const [x1, y1, x2, y2] = b.box;
@@ -76,6 +78,7 @@
   function renderSearch(root, report, opts) {
     opts = opts || {};
     const image = opts.image || (() => null);
+    const size = opts.size || (() => null);
     const objects = report.objects || [];
     root.replaceChildren();
     const meta = [`${objects.length} object(s)`];
@@ -88,7 +91,7 @@
     if (query) {
       const boxes = objects.map((o, i) => o.whole_image ? null :
         { box: o.box, colour: colour(i), weak: o.valid === false, label: `${i + 1} ${o.category}` }).filter(Boolean);
-      root.append(boxedImage(query, boxes, "query"));
+      root.append(boxedImage(query, boxes, "query", size("query")));
     }
     objects.forEach((o, i) => {
       const sec = el("section", { class: "g-object", style: `border-color:${colour(i)}`, "data-category": o.category },
@@ -96,7 +99,7 @@
       if (opts.actions) { const a = opts.actions(o, i); if (a) sec.append(el("div", { class: "g-actions" }, a)); }
       if (!query) {
         const [f, src] = bestFrame(o, image);
-        if (src) sec.append(boxedImage(src, o.whole_image ? [] : [{ box: o.box, colour: colour(i), label: `${i + 1} ${o.category} · frame ${f}` }], `frame ${f}`));
+        if (src) sec.append(boxedImage(src, o.whole_image ? [] : [{ box: o.box, colour: colour(i), label: `${i + 1} ${o.category} · frame ${f}` }], `frame ${f}`, size("frame:" + f)));
       }
       const results = o.results || [];
       sec.append(results.length ? el("div", { class: "g-grid" }, ...results.map((r, k) => resultCard(r, i, k, opts)))
