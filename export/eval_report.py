@@ -8,6 +8,22 @@ def _fmt(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def misses_section(misses: dict | None) -> list[str]:
+    """Detector recall on held-out products by object size and background (export/eval_misses.py)."""
+    if not misses:
+        return []
+    cols = list(next(iter(next(iter(misses.values())).values())))
+    lines = ["### Detector misses by object size and background", "",
+             "Recall at IoU >= 0.5 of held-out products with the valid rows (score >= threshold), with the rows "
+             "client.search reports and with any of the K rows; the share of tight valid boxes (IoU >= 0.7); the "
+             "bin's share of all valid-row misses. \"busy\": mean |gradient| around the object >= "
+             "eval_misses.BUSY_GRADIENT. Examples of misses: misses.png.", "",
+             "| split | bin | " + " | ".join(cols) + " |", "|---|---" + "|---" * len(cols) + "|"]
+    for name, bins in misses.items():
+        lines += [f"| {name} | {b} | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for b, r in bins.items()]
+    return lines + ["", "![misses](misses.png)", ""]
+
+
 def report(m: dict) -> str:
     s = m["setup"]
     pad_note = f"; detection boxes padded by {s['pad_boxes']} per side before cropping (NOT the served graph)" if s["pad_boxes"] else ""
@@ -47,8 +63,9 @@ def report(m: dict) -> str:
     lines += ["", "## Detector (query scenes)", "",
              "| AP@0.5 | recall @ threshold | precision @ threshold | objects |", "|---|---|---|---|",
              f"| {_fmt(m['detector']['ap50'])} | {_fmt(m['detector']['recall_at_threshold'])} | "
-             f"{_fmt(m['detector']['precision_at_threshold'])} | {m['detector']['objects']} |", "",
-             "## Classifier (ground-truth crops of held-out products)", ""]
+             f"{_fmt(m['detector']['precision_at_threshold'])} | {m['detector']['objects']} |", ""]
+    lines += misses_section(m.get("detector_misses"))
+    lines += ["## Classifier (ground-truth crops of held-out products)", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in m["classifier"].items()]
     lines += ["", "## Retrieval", "",
               "mAP: one relevant catalog image per query, so AP = 1/rank (mean reciprocal rank). A query whose object "

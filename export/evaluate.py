@@ -9,7 +9,7 @@ check the ensemble equals them) over:
 It reports detector AP@0.5, classifier accuracy, Recall@1/5/20 and mAP with detected and with
 ground-truth boxes, with and without the category filter, per transform, for the trained embedder,
 for the off-the-shelf pretrained backbone (baseline, same run) and for binary codes, and writes
-report.md, metrics.json and examples.png to --out.
+report.md, metrics.json, examples.png and misses.png (held-out products the detector missed) to --out.
 
 It measures what the client does, with the client's own functions: the catalog's points are
 client.catalog.catalog_rows of each image (search scores a product by its best point), and the
@@ -34,6 +34,7 @@ from client import imaging, spec
 from client.catalog import CATALOG_WHOLE_IMAGE, catalog_rows
 from client.search import select_rows
 from export import dataset, repository
+from export.eval_misses import background_clutter, detector_misses, misses_png
 from export.eval_report import report
 from export.pipeline import Pipeline
 from export.products import synthetic_products
@@ -153,6 +154,7 @@ class Query:
     gt_box: tuple
     transform: dict
     background: str
+    clutter: float = 0.0  # background_clutter around the object: how busy its background is
 
 
 @dataclass
@@ -261,7 +263,8 @@ def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: in
             det_crops += list(runner.crops(out, rows)) if rows else []
         for o in scene.objects:
             queries.append(Query(i, o.product_id, o.fine_class, o.box, o.transform,
-                                 "procedural" if scene.background == "procedural" else "photo"))
+                                 "procedural" if scene.background == "procedural" else "photo",
+                                 background_clutter(scene.image, o.box, [p.box for p in scene.objects])))
         if len(thumbs) < 200:
             thumbs.append(scene.image)
     empty = np.zeros((0, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)
@@ -533,6 +536,7 @@ def evaluate(args) -> dict:
     per_transform = per_transform_metrics(results, queries, found)
     t = time.time()
     objects = {"client policy (select_rows)": selections["detected"].boxes, VALID_ONLY: selections[VALID_ONLY].boxes}
+    misses = detector_misses(qs.queries, qs.scenes)
     sweep = selection_sweep(qs, d)
     views = catalog_views(d, full, queries)
     timings["sweeps_s"] = round(time.time() - t, 1)
@@ -546,13 +550,14 @@ def evaluate(args) -> dict:
                   "score_threshold": spec.SCORE_THRESHOLD, "pad_boxes": args.pad_boxes, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
                   "catalog_points": int(len(d.gallery[GROUP])),
                   "catalog_images_without_valid_detection": len(items) - int(np.sum(full[VIEW] == 1))},
-        "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4),
+        "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4), "detector_misses": misses,
         "objects_reported": objects, "headline": headline(results, queries), "catalog_views": views,
         "selection_sweep": sweep,
         "classifier": classifier, "retrieval": results, "category_filter_sweep": filter_sweep, "per_transform": per_transform, "timings": timings,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     examples(args.out / "examples.png", queries, qs.thumbs, items, d)
+    misses_png(args.out / "misses.png", qs.queries, qs.scenes, qs.thumbs)
     return write_metrics(args.out, metrics)
 
 
@@ -619,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     evaluate(args)
     print((args.out / "report.md").read_text())
-    print(f"wrote {args.out}/report.md, metrics.json, examples.png", file=sys.stderr)
+    print(f"wrote {args.out}/report.md, metrics.json, examples.png, misses.png", file=sys.stderr)
     return 0
 
 

@@ -35,3 +35,11 @@ def test_evaluate_small_run_writes_consistent_report(built, tmp_path):
     views = m["catalog_views"]
     assert views["best detection + whole image"]["points"] >= views["best detection only"]["points"] == s["gallery"]
     assert s["catalog_points"] == views["best detection + whole image" if s["catalog_whole_image"] else "best detection only"]["points"]
+    # detector recall by object size and background (export/eval_misses.py), in the report too
+    misses = m["detector_misses"]
+    assert {"object size (scale)", "background", "background clutter", "product"} <= set(misses)
+    for split in misses.values():
+        assert sum(b["n"] for b in split.values()) == s["query_objects"]
+        for b in split.values():
+            assert 0 <= b["IoU>=0.7 valid"] <= b["recall valid"] <= b["recall any of K rows"] <= 1
+    assert "### Detector misses by object size and background" in (out / "report.md").read_text()
