@@ -57,6 +57,13 @@ def _variant_generated(name, cfg) -> None:
     """The committed configs as they are."""
 
 
+def _variant_before(name, cfg) -> None:
+    """The configs before this sweep: onnxruntime's default threads (every core) and Triton's default instances."""
+    if cfg.backend == "onnxruntime":
+        _set_threads(cfg, 0)
+        del cfg.instance_group[:]
+
+
 def _variant_threads1_x2(name, cfg) -> None:
     """Every ONNX model on 1 intra-op thread; the detector and the backbone with 2 instances each."""
     if cfg.backend == "onnxruntime":
@@ -69,6 +76,7 @@ def _variant_threads1(name, cfg) -> None:
     """Every ONNX model on 1 intra-op thread, one instance each (requests overlap across models)."""
     if cfg.backend == "onnxruntime":
         _set_threads(cfg, 1)
+        _instances(cfg, 1)
 
 
 def _variant_batched(name, cfg) -> None:
@@ -82,7 +90,7 @@ def _variant_batched(name, cfg) -> None:
         cfg.dynamic_batching.max_queue_delay_microseconds = 2000
 
 
-VARIANTS: dict[str, Callable] = {"generated": _variant_generated, "threads1": _variant_threads1,
+VARIANTS: dict[str, Callable] = {"generated": _variant_generated, "before": _variant_before, "threads1": _variant_threads1,
                                  "threads1_x2": _variant_threads1_x2, "batched": _variant_batched}
 
 
@@ -119,11 +127,12 @@ def photos(folder: Path | None) -> list[Path]:
     return found
 
 
-def in_process(images: list[bytes], threads: int, seconds: float) -> dict:
-    """Images/s of export.pipeline over the same ONNX files, ``threads`` images at a time."""
+def in_process(images: list[bytes], threads: int, seconds: float, ort_threads: int = 0) -> dict:
+    """Images/s of export.pipeline over the same ONNX files, ``threads`` images at a time, each onnxruntime
+    session on ``ort_threads`` intra-op threads (0: onnxruntime's default, every core)."""
     from export.pipeline import Pipeline
 
-    pipe = Pipeline(ROOT / "model_repository")
+    pipe = Pipeline(ROOT / "model_repository", threads=ort_threads)
     for data in images[:2]:
         pipe.outputs(data)  # warm up
     return _loop(lambda i: pipe.outputs(images[i % len(images)]), threads, seconds)
@@ -261,8 +270,8 @@ def report(results: dict) -> str:
     best_base = max(r["images_per_s"] for r in base.values())
     lines = ["# Serving throughput", "", f"Photos: {results['photos']} ({results['n_images']} images), "
              f"{results['cpus']} CPU cores, {results['date']}. Command: `python -m bench.serving`.", "",
-             "## In process (export.pipeline, the same ONNX files, onnxruntime default threads)", "",
-             "| threads | images/s | p50 ms | p95 ms |", "|---|---|---|---|"]
+             "## In process (export.pipeline, the same ONNX files and photos)", "",
+             "| images at a time, onnxruntime threads per session | images/s | p50 ms | p95 ms |", "|---|---|---|---|"]
     lines += [f"| {c} | {r['images_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} |" for c, r in base.items()]
     lines += ["", "## The ensemble over gRPC (perf_analyzer)", "",
               "| variant | concurrency | images/s | vs best in-process | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
@@ -300,7 +309,7 @@ def plot(results: dict, path: Path) -> None:
         ax[0].plot(cs, [v["levels"][c]["images_per_s"] for c in cs], marker="o", label=f"ensemble: {name}")
         ax[1].plot(cs, [v["levels"][c]["p95_ms"] for c in cs], marker="o", label=name)
     for c, r in results["in_process"].items():
-        ax[0].axhline(r["images_per_s"], ls="--", color="grey" if c == 1 else "black", label=f"in process, {c} thread(s)")
+        ax[0].axhline(r["images_per_s"], ls="--", lw=1, label=f"in process, {c}")
     ax[0].set(xlabel="concurrency", ylabel="images/s", title="throughput")
     ax[1].set(xlabel="concurrency", ylabel="ms", title="p95 latency")
     ax[0].legend(fontsize=8)
@@ -329,9 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     images = [p.read_bytes() for p in paths]
     results: dict = {"photos": str(paths[0].parent), "n_images": len(images), "cpus": os.cpu_count(),
                      "date": time.strftime("%Y-%m-%d %H:%M"), "in_process": {}, "variants": {}}
-    for c in (1, 2):
-        results["in_process"][c] = r = in_process(images, c, args.seconds)
-        print(f"in process, {c} thread(s): {r['images_per_s']:.2f} img/s, p95 {r['p95_ms']:.0f} ms", flush=True)
+    from export.repository import CPU_THREADS
+
+    for ort_threads in (0, CPU_THREADS):  # onnxruntime's default, and the served configs' threads
+        for c in (1, 2):
+            key = f"{c} image(s) at a time, onnxruntime threads {ort_threads or 'default'}"
+            results["in_process"][key] = r = in_process(images, c, args.seconds, ort_threads)
+            print(f"in process, {key}: {r['images_per_s']:.2f} img/s, p95 {r['p95_ms']:.0f} ms", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         for i, name in enumerate(names):

@@ -29,6 +29,8 @@ CONTRACT_MODULES = ("spec.py", "imaging.py")  # pure: numpy, Pillow and each oth
 # <model>/configs/gpu.pbtxt instead of config.pbtxt, so one repository holds both. The ONNX models run on the
 # GPU with the native onnxruntime backend (CUDA execution provider, TensorRT for the networks); the Python
 # preprocess stays on the CPU. Not run here (no GPU): tests check these files against the same spec.
+CPU_THREADS = 1
+CPU_INSTANCES = {"detector": 2, "features": 2}  # the rest: 1
 GPU_CONFIG = "gpu"
 TENSORRT_FP16 = ("detector", "features")  # the two EfficientNet-Lite0 passes: nearly all of the compute
 TENSORRT_FP32 = ("classifier", "embedder")  # small heads: FP32 (the embedding's cosine thresholds are calibrated in FP32)
@@ -44,7 +46,11 @@ def model_config(model: spec.ModelSpec) -> mc.ModelConfig:
         # served by the native onnxruntime backend on the NGC image, by deploy/backends/onnxruntime here
         cfg.backend = "onnxruntime"
         cfg.default_model_filename = spec.ONNX_FILENAME
-        cfg.parameters["intra_op_thread_count"].string_value = "0"
+        # CPU serving, chosen with `python -m bench.serving` (README "Performance"): one onnxruntime thread per
+        # instance, so the models of concurrent requests run side by side instead of fighting over the cores;
+        # two instances of the two backbone passes, which hold nearly all of the compute
+        cfg.parameters["intra_op_thread_count"].string_value = str(CPU_THREADS)
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=CPU_INSTANCES.get(model.name, 1))
     elif model.kind == "python":
         cfg.backend = "python"
     else:
@@ -60,6 +66,7 @@ def gpu_model_config(model: spec.ModelSpec) -> mc.ModelConfig:
     """``model_config`` for one GPU: ONNX models on KIND_GPU (the trained networks through TensorRT, FP16 for
     the two backbone passes; the crop graphs on the CUDA provider), the Python model on 2 CPU instances."""
     cfg = model_config(model)
+    del cfg.instance_group[:]
     if model.kind == "onnx":
         del cfg.parameters["intra_op_thread_count"]
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1, gpus=[0])
