@@ -18,13 +18,11 @@ run). Written to data/bench/serving/: report.md (the tables), results.json, thro
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -185,13 +183,6 @@ def client_chain(url: str, images: list[bytes], threads: int, seconds: float) ->
         client.close()
 
 
-def perf_input(images: list[bytes], out: Path) -> Path:
-    """perf_analyzer's --input-data: a BYTES element is a little-endian uint32 length, then the bytes."""
-    rows = [{spec.IMAGE_BYTES.name: {"b64": base64.b64encode(struct.pack("<I", len(d)) + d).decode(), "shape": [1]}} for d in images]
-    out.write_text(json.dumps({"data": rows}))
-    return out
-
-
 def model_stats(url: str) -> dict[str, dict]:
     import tritonclient.grpc as grpcclient
 
@@ -240,16 +231,17 @@ def run_perf(url: str, data: Path, concurrency: int, measurement_ms: int, csv_pa
             "stable": "Failed to obtain stable measurement" not in proc.stdout + proc.stderr}
 
 
-def serve_variant(name: str, images: list[bytes], levels: list[int], measurement_ms: int, work: Path,
+def serve_variant(name: str, paths: list[Path], images: list[bytes], levels: list[int], measurement_ms: int, work: Path,
                   chain_seconds: float) -> dict:
     from deploy.local import LocalTriton, free_port
+    from deploy.perf import input_data
 
     repo = write_variant(name, work / f"repo_{name}")
     server = LocalTriton(work / f"state_{name}", repo)
     st = server.up(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), timeout=300)
     result: dict = {"levels": {}}
     try:
-        data = perf_input(images, work / "input.json")
+        data = input_data(paths, work / "input.json")  # deploy.perf's encoding of the BYTES input
         for c in levels:
             before = model_stats(st.grpc_url)
             r = run_perf(st.grpc_url, data, c, measurement_ms, work / f"{name}_c{c}.csv")
@@ -328,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-chain", action="store_true", help="skip the client-side chaining runs")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops the servers it started (finally)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args.out = args.out.resolve()  # the servers it starts run in another working directory  # a killed run still stops the servers it started (finally)
     levels = [int(c) for c in args.concurrency.split(",")]
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
@@ -349,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         for i, name in enumerate(names):
             chain = 0.0 if args.no_chain or i else args.seconds  # the client chain once, on the first variant
-            results["variants"][name] = serve_variant(name, images, levels, args.measurement_ms, Path(tmp), chain)
+            results["variants"][name] = serve_variant(name, paths, images, levels, args.measurement_ms, Path(tmp), chain)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     text = report(results)
     (args.out / "report.md").write_text(text)
