@@ -174,7 +174,7 @@ def client_chain(url: str, images: list[bytes], threads: int, seconds: float) ->
         crops, *_ = crop.run(None, {spec.CROP_SOURCE.name: src, spec.IMAGE_SIZE.name: size, **det})
         feats = client.call(spec.BACKBONE.name, {spec.CROPS.name: crops}, [spec.FEATURES.name])
         client.call(spec.CLASSIFIER.name, feats, [t.name for t in spec.CLASSIFIER.outputs])
-        client.call(spec.EMBEDDER.name, feats, [t.name for t in spec.EMBEDDER.outputs])
+        client.call(spec.EMBEDDER.name, {**feats, spec.CROPS.name: crops}, [t.name for t in spec.EMBEDDER.outputs])
 
     one(0)
     try:

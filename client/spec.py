@@ -12,7 +12,8 @@ Pipeline (ensemble ``retrieval``)::
     image_bytes ─► preprocess ─► det_image ─► detector ─► det_boxes, det_scores ─┐
                               └► crop_source, image_size ────────────────────────┴► crop
     crop ─► crops ─► features ─► features ─► classifier ─► fine_class, category, category_score
-                                        └──► embedder   ─► embeddings, embedder_id
+               │                        └──► embedder   ─► embeddings, embedder_id
+               └───────────────────────────────► embedder (the colour part)
     crop ─► boxes, scores, valid
 
 The crop step passes on only the rows a caller reports (the row policy below): every detection above
@@ -40,8 +41,16 @@ CROP_SOURCE_SIZE = 640  # side of the padded-square image that crops are cut fro
 CROP_SIZE = 160  # classifier / embedder input side
 MAX_OBJECTS = 8  # K: fixed number of detector outputs
 NUM_ROWS = MAX_OBJECTS + 1  # K detections + the whole image
-EMBED_DIM = 256
-EMBEDDER_VERSION = 1  # Qdrant collection products_v<N>; bump when embeddings change meaning
+CNN_EMBED_DIM = 256  # the trained projection of the backbone's pooled vector
+# The colour part of the embedding (export.models.ColourHistogram): hue x saturation x value chromatic bins
+# plus grey bins by value, Hellinger-mapped, fused with the CNN part as the vector's last COLOUR_DIM entries
+COLOUR_HUE_BINS, COLOUR_SAT_BINS, COLOUR_VAL_BINS, COLOUR_GREY_BINS = 12, 2, 2, 4
+COLOUR_DIM = COLOUR_HUE_BINS * COLOUR_SAT_BINS * COLOUR_VAL_BINS + COLOUR_GREY_BINS
+# the colour part's share of the cosine similarity: fused = (1 - w) * CNN cosine + w * Bhattacharyya coefficient.
+# Chosen with export.evaluate's held-out products (see README, "What the embedding holds")
+COLOUR_WEIGHT = 0.25
+EMBED_DIM = CNN_EMBED_DIM + COLOUR_DIM
+EMBEDDER_VERSION = 2  # Qdrant collection products_v<N>; bump when embeddings change meaning
 SCORE_THRESHOLD = 0.30  # detector operating threshold (baked into the crop graph)
 # The row policy (baked into the crop graph): which detections every caller gets, besides the valid ones.
 # The detector is under-confident on unseen domains: rows below SCORE_THRESHOLD often hold the product.
@@ -158,8 +167,9 @@ CLASSIFIER = ModelSpec(
     "Fine-class classifier head whose fine classes are merged into categories inside the graph.",
 )
 EMBEDDER = ModelSpec(
-    "embedder", "onnx", (FEATURES,), (EMBEDDINGS, EMBEDDER_ID),
-    "Metric-learning embedder head: L2-normalised vectors, and the identity of its weights (and the backbone's).",
+    "embedder", "onnx", (FEATURES, CROPS), (EMBEDDINGS, EMBEDDER_ID),
+    "Metric-learning embedder head on the pooled vector, fused with a colour histogram of the crop: "
+    "L2-normalised vectors, and the identity of its weights (and the backbone's).",
 )
 
 

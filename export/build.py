@@ -337,12 +337,15 @@ def export_embedder(emb: "Embedder", features, path: Path, img) -> tuple[float, 
     from export.onnx_export import add_constant_output, export_torch, finish, metadata, parity, weights_id
 
     head = EmbedderHead(emb).eval()
-    pooled = [emb.backbone.pooled(torch.from_numpy(img(n, spec.CROP_SIZE))).numpy() for n in (1, spec.NUM_ROWS)]
-    m = export_torch(head, spec.EMBEDDER, path, torch.from_numpy(pooled[1]), [spec.EMBEDDINGS.name])
+    inputs = []
+    for n in (1, spec.NUM_ROWS):
+        crops = img(n, spec.CROP_SIZE)
+        inputs.append((emb.backbone.pooled(torch.from_numpy(crops)).numpy(), crops))
+    m = export_torch(head, spec.EMBEDDER, path, tuple(torch.from_numpy(a) for a in inputs[1]), [spec.EMBEDDINGS.name])
     emb_id = weights_id(features, m)
     add_constant_output(m, spec.EMBEDDER_ID, emb_id)
     finish(m, spec.EMBEDDER, path, metadata(spec.EMBEDDER, {spec.EMBEDDER_ID.name: emb_id}))
-    worst = parity(path, lambda x: [head(torch.from_numpy(x)).numpy(), np.array([emb_id], dtype=object)], pooled)
+    worst = parity(path, lambda f, c: [head(torch.from_numpy(f), torch.from_numpy(c)).numpy(), np.array([emb_id], dtype=object)], inputs)
     return worst, emb_id
 
 
@@ -355,7 +358,7 @@ def composed_parity(repo: Path, cls: "Classifier", emb: "Embedder", img) -> floa
     sess = {m.name: session(spec.onnx_file(repo, m.name)) for m in (spec.BACKBONE, spec.CLASSIFIER, spec.EMBEDDER)}
     crops = img(spec.NUM_ROWS, spec.CROP_SIZE)
     feats = sess[spec.BACKBONE.name].run(None, {spec.CROPS.name: crops})[0]
-    got_emb = sess[spec.EMBEDDER.name].run([spec.EMBEDDINGS.name], {spec.FEATURES.name: feats})[0]
+    got_emb = sess[spec.EMBEDDER.name].run([spec.EMBEDDINGS.name], {spec.FEATURES.name: feats, spec.CROPS.name: crops})[0]
     got_score = sess[spec.CLASSIFIER.name].run([spec.CATEGORY_SCORE.name], {spec.FEATURES.name: feats})[0]
     x = torch.from_numpy(crops)
     worst = max(float(np.abs(got_emb - emb(x).numpy()).max()), float(np.abs(got_score - cls(x)[2].numpy()).max()))

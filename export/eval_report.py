@@ -60,6 +60,14 @@ def report(m: dict) -> str:
                 lines.append(f"| {name} | {v['points']} | {boxes} | {_fmt(k['all']['R@1'])} | {_fmt(k['all']['R@5'])} | "
                              f"{_fmt(k['real photo']['R@1'])} | {_fmt(k['real photo']['R@5'])} | {_fmt(k['drawn']['R@1'])} | "
                              f"{_fmt(k['drawn']['R@5'])} |")
+    if m.get("colour_weight_sweep"):
+        lines += ["", f"## Colour weight (served: {m['setup'].get('colour_weight')}; 0 = the CNN part alone; the client's filter)", "",
+                  "| weight | boxes | R@1 | R@5 | R@1 real photo | R@5 real photo | R@1 drawn | R@5 drawn |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for w, v in m["colour_weight_sweep"].items():
+            for boxes, k in v.items():
+                lines.append(f"| {w} | {boxes} | {_fmt(k['all']['R@1'])} | {_fmt(k['all']['R@5'])} | {_fmt(k['real photo']['R@1'])} | "
+                             f"{_fmt(k['real photo']['R@5'])} | {_fmt(k['drawn']['R@1'])} | {_fmt(k['drawn']['R@5'])} |")
     lines += ["", "## Detector (query scenes)", "",
              "| AP@0.5 | recall @ threshold | precision @ threshold | objects |", "|---|---|---|---|",
              f"| {_fmt(m['detector']['ap50'])} | {_fmt(m['detector']['recall_at_threshold'])} | "

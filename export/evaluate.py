@@ -86,7 +86,8 @@ class Runner:
         names = [t.name for t in (*spec.CLASSIFIER.outputs, *spec.EMBEDDER.outputs) if t != spec.EMBEDDER_ID]
         out: dict[str, list] = {n: [] for n in names}
         for i in tqdm(range(0, len(crops), batch), desc="classify+embed", unit="batch", leave=False):
-            feed = self.pipeline.step(spec.BACKBONE.name, {spec.CROPS.name: crops[i:i + batch]})
+            feed = {spec.CROPS.name: crops[i:i + batch]}
+            feed |= self.pipeline.step(spec.BACKBONE.name, feed)
             got = self.pipeline.step(spec.CLASSIFIER.name, feed) | self.pipeline.step(spec.EMBEDDER.name, feed)
             for n in names:
                 out[n].append(got[n])
@@ -447,6 +448,25 @@ def catalog_views(d: Described, full: dict[str, np.ndarray], queries: list[Query
     return out
 
 
+COLOUR_SWEEP = (0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5)
+
+
+def colour_weight_sweep(d: Described, queries: list[Query]) -> dict:
+    """R@1 / R@5 by product kind (detected and ground-truth boxes, the client's filter) for other colour weights:
+    the served embedding is [sqrt(1 - w) * CNN part, sqrt(w) * colour part] (spec.COLOUR_WEIGHT), so both parts
+    come back from it exactly and are fused again with each weight of COLOUR_SWEEP (0 = the CNN part alone)."""
+    w0, n = spec.COLOUR_WEIGHT, spec.CNN_EMBED_DIM
+    parts = [(x[EMBEDDINGS][:, :n] / np.sqrt(1 - w0), x[EMBEDDINGS][:, n:] / np.sqrt(w0)) for x in (d.gallery, d.gt, d.det or d.gt)]
+    out = {}
+    for w in COLOUR_SWEEP:
+        fused = [np.concatenate([np.sqrt(1 - w) * c, np.sqrt(w) * h], 1).astype(np.float32) for c, h in parts]
+        dv = Described({**d.gallery, EMBEDDINGS: fused[0]}, {**d.gt, EMBEDDINGS: fused[1]},
+                       None if d.det is None else {**d.det, EMBEDDINGS: fused[2]}, d.target, d.selections)
+        out[str(w)] = {f"{b} boxes": by_kind(source_ranks(dv, b, EMBEDDINGS, spec.CATEGORY_FILTER_MIN_SCORE), queries)
+                       for b in ("detected", GT)}
+    return out
+
+
 # The selection sweep: round values around the client's policy (client.search), plus the two extremes.
 SWEEP_EXTRA, SWEEP_MIN_SCORE, SWEEP_OVERLAP = (0, 1, 2, 3), (0.05, 0.1, 0.2), (0.3, 0.5, 0.7)
 
@@ -539,6 +559,7 @@ def evaluate(args) -> dict:
     misses = detector_misses(qs.queries, qs.scenes)
     sweep = selection_sweep(qs, d)
     views = catalog_views(d, full, queries)
+    colour = colour_weight_sweep(d, queries)
     timings["sweeps_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
     metrics = {
@@ -547,11 +568,12 @@ def evaluate(args) -> dict:
                   "gallery": len(items), "distractors": sum(it.kind == "distractor" for it in items),
                   "query_scenes": args.scenes, "query_objects": len(queries),
                   "eval_background_photos": len(sources.eval_backgrounds), "categories": len(set(setup.merge_map.values())),
-                  "score_threshold": spec.SCORE_THRESHOLD, "pad_boxes": args.pad_boxes, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
+                  "score_threshold": spec.SCORE_THRESHOLD, "colour_weight": spec.COLOUR_WEIGHT, "pad_boxes": args.pad_boxes, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
                   "catalog_points": int(len(d.gallery[GROUP])),
                   "catalog_images_without_valid_detection": len(items) - int(np.sum(full[VIEW] == 1))},
         "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4), "detector_misses": misses,
         "objects_reported": objects, "headline": headline(results, queries), "catalog_views": views,
+        "colour_weight_sweep": colour,
         "selection_sweep": sweep,
         "classifier": classifier, "retrieval": results, "category_filter_sweep": filter_sweep, "per_transform": per_transform, "timings": timings,
     }

@@ -152,19 +152,88 @@ class Classifier(nn.Module):
         return probs.argmax(dim=1), cat_idx, cat_score
 
 
+class ColourHistogram(nn.Module):
+    """A small colour descriptor of uint8 RGB crops: a centre-weighted HSV histogram, Hellinger-mapped.
+
+    ImageNet features are trained to ignore colour, yet two products of one shape often differ by colour
+    alone. Each pixel of the crop (average-pooled by ``pool`` first) is weighted by a Gaussian around the
+    crop's centre (``sigma`` of the side: the object, not the background around its box) and split softly
+    (linear interpolation between neighbouring bin centres, so a small shift of light moves mass smoothly)
+    between ``hue_bins x sat_bins x val_bins`` chromatic bins and ``grey_bins`` achromatic ones (by value),
+    by how saturated and bright it is. The output is the square root of the normalised histogram: unit L2
+    norm, and the dot product of two is the Bhattacharyya coefficient (Hellinger kernel).
+
+    The defaults (12 x 2 x 2 + 4 bins, sigma 0.15, grey below 0.1 saturation or value) and the fusion weight
+    spec.COLOUR_WEIGHT were chosen on export.evaluate's held-out products among sigma 0.1-1.0, 8-24 hue bins,
+    1-3 saturation and value bins, 4-6 grey bins, weights 0.1-0.5: the weight is the largest that does not
+    cost the real-photo products (README, "Training and evaluation")."""
+
+    def __init__(self, hue_bins: int = spec.COLOUR_HUE_BINS, sat_bins: int = spec.COLOUR_SAT_BINS,
+                 val_bins: int = spec.COLOUR_VAL_BINS, grey_bins: int = spec.COLOUR_GREY_BINS,
+                 pool: int = 4, sigma: float = 0.15, chroma_floor: float = 0.1) -> None:
+        super().__init__()
+        self.bins = (hue_bins, sat_bins, val_bins, grey_bins)
+        self.dim = hue_bins * sat_bins * val_bins + grey_bins
+        self.pool = pool
+        # constants as buffers: they become initializers of the graph, so the embedder id (a hash of those) covers them
+        self.register_buffer("chroma_floor", torch.tensor(float(chroma_floor)))
+        side = spec.CROP_SIZE // pool
+        t = (torch.arange(side, dtype=torch.float32) + 0.5) / side - 0.5
+        w = torch.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma ** 2)).reshape(1, -1, 1)
+        self.register_buffer("pixel_weight", w / w.sum())
+        self.register_buffer("hue_centres", (torch.arange(hue_bins, dtype=torch.float32) + 0.5) / hue_bins)
+
+    @staticmethod
+    def _linear_bins(x: torch.Tensor, n: int) -> torch.Tensor:
+        """Soft assignment of x in [0, 1] to n bins (centres (i + 0.5) / n, clamped at the ends): [..., n], rows sum to 1."""
+        pos = (x * n - 0.5).clamp(0, n - 1)
+        return torch.relu(1 - (pos - torch.arange(n, dtype=x.dtype, device=x.device)).abs())
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        hue_bins, sat_bins, val_bins, grey_bins = self.bins
+        x = F.avg_pool2d(crops.float() / 255.0, self.pool)
+        n = x.shape[0]
+        r, g, b = x.reshape(n, 3, -1, 1).unbind(1)  # [n, P, 1] each
+        v, _ = torch.max(torch.cat([r, g, b], 2), 2, keepdim=True)
+        mn, _ = torch.min(torch.cat([r, g, b], 2), 2, keepdim=True)
+        c = v - mn
+        s = c / (v + 1e-6)
+        cc = c + 1e-6
+        hue = torch.where(v == r, (g - b) / cc, torch.where(v == g, 2 + (b - r) / cc, 4 + (r - g) / cc)) / 6.0
+        hue = hue - torch.floor(hue)  # [0, 1)
+        d = (hue - self.hue_centres).abs()  # [n, P, hue_bins]
+        d = torch.minimum(d, 1 - d) * hue_bins
+        hw = torch.relu(1 - d)
+        sw = self._linear_bins(s, sat_bins)  # [n, P, sat_bins]
+        vw = self._linear_bins(v, val_bins)
+        f = self.chroma_floor  # below it in saturation or value, a pixel counts as grey (its hue is noise)
+        chroma = ((s - f) / f).clamp(0, 1) * ((v - f) / f).clamp(0, 1)  # [n, P, 1]
+        joint = (hw.unsqueeze(3) * sw.unsqueeze(2)).reshape(n, -1, hue_bins * sat_bins)
+        joint = (joint.unsqueeze(3) * vw.unsqueeze(2)).reshape(n, -1, hue_bins * sat_bins * val_bins)
+        weight = self.pixel_weight
+        hist = torch.cat([(joint * (chroma * weight)).sum(1), (self._linear_bins(v, grey_bins) * ((1 - chroma) * weight)).sum(1)], 1)
+        return torch.sqrt(hist / hist.sum(1, keepdim=True).clamp_min(1e-12))
+
+
 class Embedder(nn.Module):
-    """Linear projection of the pooled backbone vector, L2-normalised (initialised from PCA).
+    """Linear projection of the pooled backbone vector, L2-normalised (initialised from PCA), fused with the
+    crop's colour histogram: ``[sqrt(1 - w) * cnn, sqrt(w) * colour]`` (w = spec.COLOUR_WEIGHT), a unit vector
+    whose dot products are (1 - w) * the CNN cosine + w * the colour histograms' Bhattacharyya coefficient.
+    Training sees only the CNN part (``embed_features``); the colour part has no weights.
 
     ``tune_head=True`` (partial unfreezing) gives the embedder its own trainable copy of the backbone's
     last 1x1 conv + BN (320 -> 1280 channels) before pooling; the rest of the backbone stays frozen, so
     training still runs on cached stride-32 feature maps.
     """
 
-    def __init__(self, *, pretrained: bool = True, dim: int = spec.EMBED_DIM, tune_head: bool = False) -> None:
+    def __init__(self, *, pretrained: bool = True, dim: int = spec.CNN_EMBED_DIM, tune_head: bool = False) -> None:
         super().__init__()
         self.backbone = freeze(Backbone(pretrained=pretrained))
         self.register_buffer("center", torch.zeros(1280))
         self.proj = nn.Linear(1280, dim, bias=False)
+        self.colour = ColourHistogram()
+        w = spec.COLOUR_WEIGHT
+        self.register_buffer("fuse_scale", torch.tensor([(1 - w) ** 0.5, w ** 0.5]))  # CNN part, colour part
         self.tuned_head = None
         if tune_head:
             import copy
@@ -182,9 +251,13 @@ class Embedder(nn.Module):
             x = self.tuned_head(x).mean(dim=(2, 3))
         return self.project(x)
 
+    def fuse(self, cnn: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+        """The served embedding: the CNN part (unit vectors) and the colour part of ``crops``, weighted."""
+        return torch.cat([cnn * self.fuse_scale[0], self.colour(crops) * self.fuse_scale[1]], dim=1)
+
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         _, f32, pooled = self.backbone(crops)
-        return self.embed_features(f32 if self.tuned_head is not None else pooled)
+        return self.fuse(self.embed_features(f32 if self.tuned_head is not None else pooled), crops)
 
 
 # --- the served split: one backbone pass, light heads on its pooled vector ----------------------------
@@ -215,8 +288,8 @@ class ClassifierHead(nn.Module):
 
 
 class EmbedderHead(nn.Module):
-    """The served ``embedder``: pooled vectors -> L2-normalised embeddings (``Embedder.forward`` minus its
-    backbone). An embedder with a tuned backbone head needs the stride-32 maps, which the shared
+    """The served ``embedder``: pooled vectors and their crops -> L2-normalised embeddings (``Embedder.forward``
+    minus its backbone). An embedder with a tuned backbone head needs the stride-32 maps, which the shared
     ``features`` step does not pass on: it cannot be served this way."""
 
     def __init__(self, emb: Embedder) -> None:
@@ -226,8 +299,8 @@ class EmbedderHead(nn.Module):
                              "shares one backbone pass (features) between the classifier and the embedder")
         self.emb = emb
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.emb.project(features)
+    def forward(self, features: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+        return self.emb.fuse(self.emb.project(features), crops)
 
 
 def same_backbone(a: Backbone, b: Backbone) -> bool:

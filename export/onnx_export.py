@@ -43,14 +43,15 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def export_torch(module: torch.nn.Module, model: spec.ModelSpec, path: Path, example: torch.Tensor,
+def export_torch(module: torch.nn.Module, model: spec.ModelSpec, path: Path, example: torch.Tensor | tuple[torch.Tensor, ...],
                  output_names: list[str] | None = None) -> onnx.ModelProto:
+    """``example``: one tensor per input of ``model`` (a tuple when it has several), in the spec's order."""
     module.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     names = output_names or [t.name for t in model.outputs]
     # every trained model's only dynamic axis is the leading batch axis
     axes = {n: {0: "batch"} for n in (*[t.name for t in model.inputs], *names)}
-    torch.onnx.export(module, (example,), str(path), input_names=[t.name for t in model.inputs], output_names=names,
+    torch.onnx.export(module, example if isinstance(example, tuple) else (example,), str(path), input_names=[t.name for t in model.inputs], output_names=names,
                       dynamic_axes=axes, opset_version=spec.ONNX_OPSET, dynamo=False)
     return onnx.load(str(path))
 
@@ -107,15 +108,18 @@ def finish(m: onnx.ModelProto, model: spec.ModelSpec, path: Path, meta: dict[str
     onnx.save(m, str(path))
 
 
-def parity(path: Path, reference, inputs: list[np.ndarray], atol: float = 1e-4) -> float:
-    """Runs the ONNX file in onnxruntime against ``reference`` (torch) on each input; returns the worst
-    absolute difference of the float outputs and raises if above ``atol`` or if any other output differs."""
+def parity(path: Path, reference, inputs: list, atol: float = 1e-4) -> float:
+    """Runs the ONNX file in onnxruntime against ``reference`` (torch) on each input (an array, or a tuple of
+    arrays for a graph of several inputs, passed to ``reference`` as arguments); returns the worst absolute
+    difference of the float outputs and raises if above ``atol`` or if any other output differs."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    in_name = sess.get_inputs()[0].name
+    in_names = [i.name for i in sess.get_inputs()]
     worst = 0.0
     for x in inputs:
-        got = sess.run(None, {in_name: x})
-        want = reference(x)
+        args = x if isinstance(x, tuple) else (x,)
+        got = sess.run(None, dict(zip(in_names, args)))
+        want = reference(*args)
+        x = args[0]
         for g, w, o in zip(got, want, sess.get_outputs()):
             if g.dtype.kind == "f":
                 diff = float(np.abs(g - w).max()) if g.size else 0.0

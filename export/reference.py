@@ -57,6 +57,10 @@ MEANINGS = {
     "category_score": f"The summed probability of `category`, in [0, 1]. The project's client filters by category only "
                       f"when it is ≥ {spec.CATEGORY_FILTER_MIN_SCORE}.",
     "embeddings": f"L2-normalised {spec.EMBED_DIM}-d embedding of each row's crop (cosine similarity = dot product). "
+                  f"The first {spec.CNN_EMBED_DIM} entries are the trained projection of the backbone's vector (a unit vector "
+                  f"times √{1 - spec.COLOUR_WEIGHT:g}), the last {spec.COLOUR_DIM} a centre-weighted HSV colour histogram of the crop "
+                  f"(square roots of its shares, times √{spec.COLOUR_WEIGHT:g}): a dot product is {1 - spec.COLOUR_WEIGHT:g} × the "
+                  f"shape cosine + {spec.COLOUR_WEIGHT:g} × the colour histograms' overlap. "
                   "The last row's is always the whole-image embedding, whether that row is valid or not.",
     "embedder_id": f"Identity of the served embedder weights, `v{spec.EMBEDDER_VERSION}-<hash>`. Embeddings are "
                    f"comparable only between equal ids (the catalog's vectors live in `{spec.collection_name()}`).",

@@ -41,7 +41,7 @@ def test_detector_and_embedder_match_torch(built, torch_models, batch):
     np.testing.assert_allclose(scores, ts.numpy(), atol=1e-4)
     c = rng.integers(0, 256, (batch + 4, 3, spec.CROP_SIZE, spec.CROP_SIZE), dtype=np.uint8)
     feats, = _session(built, spec.BACKBONE.name).run(None, {spec.CROPS.name: c})  # the shared backbone pass
-    e, emb_id = _session(built, spec.EMBEDDER.name).run(None, {spec.FEATURES.name: feats})
+    e, emb_id = _session(built, spec.EMBEDDER.name).run(None, {spec.FEATURES.name: feats, spec.CROPS.name: c})
     with torch.no_grad():
         np.testing.assert_allclose(e, emb(torch.from_numpy(c)).numpy(), atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
@@ -86,7 +86,9 @@ def test_embedder_id_is_the_hash_of_its_weights_in_graph_and_metadata(built):
 
     path = spec.onnx_file(built, spec.EMBEDDER.name)
     features = onnx.load(str(spec.onnx_file(built, spec.BACKBONE.name)))
-    emb_id, = _session(built, spec.EMBEDDER.name).run([spec.EMBEDDER_ID.name], {spec.FEATURES.name: np.zeros((1, spec.FEATURE_DIM), np.float32)})
+    emb_id, = _session(built, spec.EMBEDDER.name).run([spec.EMBEDDER_ID.name], {
+        spec.FEATURES.name: np.zeros((1, spec.FEATURE_DIM), np.float32),
+        spec.CROPS.name: np.zeros((1, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)})
     # the embedding function is the backbone and the head: the id hashes both graphs' weights
     assert emb_id.tolist() == [read_metadata(path)[spec.EMBEDDER_ID.name]] == [weights_id(features, onnx.load(str(path)))]
     changed = onnx.load(str(path))

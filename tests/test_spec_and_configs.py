@@ -14,9 +14,10 @@ def test_ensemble_wires_every_step_from_earlier_outputs():
     assert {o.name for o in cfg.output} == {t.name for t in spec.ENSEMBLE_OUTPUTS}
     crop = next(s for s in cfg.ensemble_scheduling.step if s.model_name == "crop")
     assert dict(crop.input_map) == {t.name: t.name for t in spec.CROP.inputs}
-    # one backbone pass feeds both heads
-    heads = [s for s in cfg.ensemble_scheduling.step if s.model_name in (spec.CLASSIFIER.name, spec.EMBEDDER.name)]
-    assert [dict(s.input_map) for s in heads] == [{spec.FEATURES.name: spec.FEATURES.name}] * 2
+    # one backbone pass feeds both heads; the embedder also reads the crops (its colour part)
+    heads = {s.model_name: dict(s.input_map) for s in cfg.ensemble_scheduling.step if s.model_name in (spec.CLASSIFIER.name, spec.EMBEDDER.name)}
+    assert heads == {spec.CLASSIFIER.name: {spec.FEATURES.name: spec.FEATURES.name},
+                     spec.EMBEDDER.name: {spec.FEATURES.name: spec.FEATURES.name, spec.CROPS.name: spec.CROPS.name}}
 
 
 def test_whole_image_ensemble_skips_the_detector_and_the_classifier():
