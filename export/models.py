@@ -204,14 +204,15 @@ class ColourHistogram(nn.Module):
         d = (hue - self.hue_centres).abs()  # [n, P, hue_bins]
         d = torch.minimum(d, 1 - d) * hue_bins
         hw = torch.relu(1 - d)
-        sw = self._linear_bins(s, sat_bins)  # [n, P, sat_bins]
-        vw = self._linear_bins(v, val_bins)
         f = self.chroma_floor  # below it in saturation or value, a pixel counts as grey (its hue is noise)
         chroma = ((s - f) / f).clamp(0, 1) * ((v - f) / f).clamp(0, 1)  # [n, P, 1]
-        joint = (hw.unsqueeze(3) * sw.unsqueeze(2)).reshape(n, -1, hue_bins * sat_bins)
-        joint = (joint.unsqueeze(3) * vw.unsqueeze(2)).reshape(n, -1, hue_bins * sat_bins * val_bins)
         weight = self.pixel_weight
-        hist = torch.cat([(joint * (chroma * weight)).sum(1), (self._linear_bins(v, grey_bins) * ((1 - chroma) * weight)).sum(1)], 1)
+        # saturation x value bins [n, P, sat_bins * val_bins]; the histogram is a weighted sum over pixels of
+        # hue x (saturation, value): one batched matrix product instead of an [n, P, bins] outer product
+        sv = (self._linear_bins(s, sat_bins).unsqueeze(3) * self._linear_bins(v, val_bins).unsqueeze(2)).reshape(n, -1, sat_bins * val_bins)
+        joint = torch.bmm((hw * (chroma * weight)).transpose(1, 2), sv).reshape(n, -1)
+        grey = torch.bmm(((1 - chroma) * weight).transpose(1, 2), self._linear_bins(v, grey_bins)).reshape(n, -1)
+        hist = torch.cat([joint, grey], 1)
         return torch.sqrt(hist / hist.sum(1, keepdim=True).clamp_min(1e-12))
 
 
