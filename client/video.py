@@ -59,6 +59,8 @@ SEEK_MIN_GAP = 8.0  # seconds ahead of the demuxer beyond which it seeks to the 
 TRACK_MIN_COS = 0.55  # a view joins a track whose mean embedding is at least this similar ...
 TRACK_MIN_COS_OVERLAP = 0.35  # ... or this similar when its box overlaps the track's last box by TRACK_MIN_IOU
 TRACK_MIN_IOU = 0.3
+TRACK_SAME_PLACE_IOU = 2.0  # EXPERIMENT
+TRACK_SAME_PLACE_COS = 0.0
 TRACK_IOU_WEIGHT = 0.3  # bonus per unit of IoU when ranking candidate tracks
 MERGE_COS = 0.8  # tracks never seen in one frame whose mean embeddings are this similar are one track
 PART_OF_SHARE = 0.5  # a track naming the same product as a stronger one, its box this much inside the other's: a piece of it
@@ -368,7 +370,8 @@ def build_tracks(frames_views: list[list[View]]) -> list[Track]:
             for j, t in enumerate(tracks):
                 cos = float(v.obj.embedding @ t.mean)
                 iou = float(imaging.box_iou(v.obj.box, t.views[-1].obj.box)[0, 0])
-                if cos >= TRACK_MIN_COS or (iou >= TRACK_MIN_IOU and cos >= TRACK_MIN_COS_OVERLAP):
+                if cos >= TRACK_MIN_COS or (iou >= TRACK_MIN_IOU and cos >= TRACK_MIN_COS_OVERLAP) \
+                        or (iou >= TRACK_SAME_PLACE_IOU and cos >= TRACK_SAME_PLACE_COS):
                     cand.append((cos + TRACK_IOU_WEIGHT * iou, i, j))
         used_v, used_t = set(), set()
         for _, i, j in sorted(cand, reverse=True):
