@@ -18,10 +18,13 @@ through the frames, its box and score from its best view (``frame``), ``frames``
    ``min_support(frames used)`` frames is dropped. No track at all: the whole frames are the one track.
 4. search + voting: each view's hits (in the track's category, when the classifier is consistently sure and
    the catalog has it) vote with a softmax share of their similarity, times the similarity, the detection
-   score and the view's quality (sharpness relative to the track's sharper views, exposure). Tracks whose
-   winner is the same product and which never share a frame are one product seen twice: they merge; a weaker
-   track naming a stronger one's product is dropped when its boxes lie inside the stronger one's (a piece of
-   that object) or when it is unsure (clutter that looks like it); two confident look-alikes both stay.
+   score and the view's quality (sharpness relative to the track's sharper views, exposure). Tracks that never
+   share a frame are one product seen twice, and merge, when their winner is the same product or when the boxes
+   of one lie where the other's are in the neighbouring frames (``continues``: a product's badly degraded views,
+   occluded or dark, which look more like each other than like its clear views); a weaker track naming a
+   stronger one's product is dropped when, in the frames both were seen in, the smaller box lies inside the
+   other (a piece of that object, or a box around it) or when it is unsure (clutter that looks like it); two
+   confident look-alikes both stay.
 """
 from __future__ import annotations
 
@@ -50,20 +53,27 @@ QUALITY_SIDE = 480  # long side of the grey copy kept for view quality
 SIMILAR_MAX_DIFF = 0.012  # mean |difference| (0..1) of 32x32 grey thumbnails under which a frame repeats the last kept one
 SEEK_MIN_GAP = 8.0  # seconds ahead of the demuxer beyond which it seeks to the target's keyframe instead of reading on
 
-# Tracking and voting: measured on 96 generated clips of held-out products (124 products, 10 frames each; quick
-# profile, 2026-11-23). Views of one product in two frames: cosine median 0.60 (5 % below 0.02: dark, occluded);
-# of two products: 95 % below 0.36. Box overlap between sampled frames carries most associations; tracks of one
-# product that still split merge by their votes. VOTE_TEMPERATURE 0.01 / 0.03 / 0.1 / 1 gave top-1 0.839 / 0.823
-# / 0.831 / 0.839 (noise: the ceiling, the product at top-1 in at least one frame, is 0.927); two valid views
-# instead of one cut objects matching no product from 71 to 48 for one product less found.
+# Tracking and voting: measured with embedder v2 (CNN part and colour histogram, 308-d; quick profile, 2026-12-03)
+# on the clips of `python -m bench.video_search --clips 60 --two-products 0.6 --seed 7` and `--seed 11` (120 clips,
+# 197 products, 10 frames each; the views select_objects reports, a product's when its box overlaps the product's
+# true box by IoU >= 0.5). Views of one product in two frames: cosine median 0.69, 0.82 when both frames are clear
+# (5 % below 0.61); a clear view to the mean of the product's other clear views: median 0.88 (5 % below 0.74), a
+# badly degraded one much lower: blurred 0.53, dark 0.48, occluded 0.28 (25 % below 0.17: the occluding blob's
+# colour rules the colour part). Views of two products: 95 % below 0.35; a view to another product's or clutter's
+# mean: 95 % below 0.39. Box IoU of one product's views one sampled frame apart: median 0.67, 5 % below 0.40; of
+# two different objects: 95 % below 0.11. So box overlap carries the associations the embedding cannot (degraded
+# views): a product's degraded views that still start a track of their own (they look more like each other than
+# like its clear views) are merged back by their boxes (``continues``), and tracks of one product that split
+# otherwise merge by their votes. TRACK_MIN_COS 0.45 / 0.65, TRACK_MIN_COS_OVERLAP 0.25 / 0.45 and MERGE_COS 0.6 -
+# 0.9 instead of 0.55, 0.35 and 0.8 gain nothing on seeds 7 and 11 (at most one clip or two products lost);
+# VOTE_TEMPERATURE 0.01 / 0.03 / 0.1 / 1 gave vote top-1 0.882 / 0.877 / 0.877 / 0.877 (seeds 7 and 11, 211
+# products); two valid views instead of one cut objects matching no product from 77 to 54 for 3 products less found.
 TRACK_MIN_COS = 0.55  # a view joins a track whose mean embedding is at least this similar ...
 TRACK_MIN_COS_OVERLAP = 0.35  # ... or this similar when its box overlaps the track's last box by TRACK_MIN_IOU
 TRACK_MIN_IOU = 0.3
-TRACK_SAME_PLACE_IOU = 2.0  # EXPERIMENT
-TRACK_SAME_PLACE_COS = 0.0
 TRACK_IOU_WEIGHT = 0.3  # bonus per unit of IoU when ranking candidate tracks
 MERGE_COS = 0.8  # tracks never seen in one frame whose mean embeddings are this similar are one track
-PART_OF_SHARE = 0.5  # a track naming the same product as a stronger one, its box this much inside the other's: a piece of it
+PART_OF_SHARE = 0.5  # a track naming the same product as a stronger one, the smaller of their boxes this much inside the other: one object
 DUPLICATE_MIN_VOTES = 0.5  # ... elsewhere in the frame, it must give that product at least this share of its votes
 MIN_SUPPORT_SHARE = 0.08  # a track needs this share of the frames used (at least 2 once MIN_FRAMES_FOR_SUPPORT are used)
 MIN_FRAMES_FOR_SUPPORT = 4
@@ -370,8 +380,7 @@ def build_tracks(frames_views: list[list[View]]) -> list[Track]:
             for j, t in enumerate(tracks):
                 cos = float(v.obj.embedding @ t.mean)
                 iou = float(imaging.box_iou(v.obj.box, t.views[-1].obj.box)[0, 0])
-                if cos >= TRACK_MIN_COS or (iou >= TRACK_MIN_IOU and cos >= TRACK_MIN_COS_OVERLAP) \
-                        or (iou >= TRACK_SAME_PLACE_IOU and cos >= TRACK_SAME_PLACE_COS):
+                if cos >= TRACK_MIN_COS or (iou >= TRACK_MIN_IOU and cos >= TRACK_MIN_COS_OVERLAP):
                     cand.append((cos + TRACK_IOU_WEIGHT * iou, i, j))
         used_v, used_t = set(), set()
         for _, i, j in sorted(cand, reverse=True):
@@ -400,18 +409,38 @@ def merge_tracks(tracks: list[Track], same) -> list[Track]:
     return tracks
 
 
-def is_part_of(small: Track, big: Track) -> bool:
-    """Whether ``small`` is a piece of ``big``'s object: in the frames both were seen in, its box lies mostly (on
-    median, >= PART_OF_SHARE of its area) inside big's box. (Two products side by side do not overlap so.)"""
-    boxes = {v.frame.index: v.obj.box for v in big.views}
+def is_part_of(a: Track, b: Track) -> bool:
+    """Whether the two tracks are one object, one of them boxing a piece of it or a box around it: in the frames
+    both were seen in, the smaller of their two boxes lies mostly (on median, >= PART_OF_SHARE of its area) inside
+    the other. (Two products side by side do not overlap so.)"""
+    boxes = {v.frame.index: v.obj.box for v in b.views}
     inside = []
-    for v in small.views:
+    for v in a.views:
         if v.frame.index in boxes:
-            a, b = v.obj.box, boxes[v.frame.index]
-            w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-            h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-            inside.append(w * h / max((a[2] - a[0]) * (a[3] - a[1]), 1e-9))
+            p, q = v.obj.box, boxes[v.frame.index]
+            w = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+            h = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+            smaller = min((p[2] - p[0]) * (p[3] - p[1]), (q[2] - q[0]) * (q[3] - q[1]))
+            inside.append(w * h / max(smaller, 1e-9))
     return bool(inside) and float(np.median(inside)) >= PART_OF_SHARE
+
+
+def continues(a: Track, b: Track) -> bool:
+    """Whether two tracks never seen in one frame follow one object along one path: every view of the track with
+    fewer views lies between two views of the other (in its gaps: a product shown after another one at the same
+    place is not its continuation), and on median its box overlaps the other's in the nearest frame before or
+    after by IoU >= TRACK_MIN_IOU. (The badly degraded views of a product, occluded or dark, look more like each
+    other than like its clear views and start a track of their own in its frames.)"""
+    small, big = (a, b) if len(a.views) <= len(b.views) else (b, a)
+    order = sorted(big.views, key=lambda v: v.frame.index)
+    overlaps = []
+    for v in small.views:
+        before = [w for w in order if w.frame.index < v.frame.index][-1:]
+        after = [w for w in order if w.frame.index > v.frame.index][:1]
+        if not before or not after:
+            return False
+        overlaps.append(max(float(imaging.box_iou(v.obj.box, w.obj.box)[0, 0]) for w in before + after))
+    return bool(overlaps) and not a.frames & b.frames and float(np.median(overlaps)) >= TRACK_MIN_IOU
 
 
 def set_quality(track: Track) -> None:
@@ -549,7 +578,7 @@ def answer(frames: list[Frame], results: list, store: QdrantStore, *, top_k: int
     def winner(tr: Track) -> str | None:
         return (vote(tr, 1) or [{"product_id": None}])[0]["product_id"]
 
-    kept_tracks = merge_tracks(kept_tracks, lambda a, b: winner(a) is not None and winner(a) == winner(b))
+    kept_tracks = merge_tracks(kept_tracks, lambda a, b: winner(a) is not None and winner(a) == winner(b) or continues(a, b))
     kept_tracks.sort(key=lambda tr: -sum(v.weight for v in tr.views))
     kept_tracks = [tr for i, tr in enumerate(kept_tracks) if not any(  # a stronger track names the same product
         winner(tr) == winner(big) and (is_part_of(tr, big) or vote(tr, 1)[0]["votes"] < DUPLICATE_MIN_VOTES) for big in kept_tracks[:i])]

@@ -399,3 +399,23 @@ def test_a_piece_of_an_object_is_part_of_it_a_neighbour_is_not():
     neighbour = video.Track([_view(k, (320, 100, 500, 300), np.ones(4)) for k in range(4)])
     later = video.Track([_view(k, (120, 150, 200, 260), np.ones(4)) for k in range(5, 7)])
     assert video.is_part_of(piece, big) and not video.is_part_of(neighbour, big) and not video.is_part_of(later, big)
+    assert video.is_part_of(big, piece)  # a box around the piece: the same object either way round
+
+
+def test_degraded_views_in_a_products_path_continue_its_track():
+    """A product's occluded views (an embedding unlike its clear views') in the frames its track misses, where its
+    box is in the neighbouring frames: one path. Views elsewhere in the frame, or in frames it was seen in, are not."""
+    clear = video.Track([_view(k, (100 + 10 * k, 100, 200 + 10 * k, 200), np.ones(4)) for k in (0, 1, 3, 4, 6)])
+    occluded = video.Track([_view(k, (105 + 10 * k, 110, 195 + 10 * k, 210), -np.ones(4)) for k in (2, 5)])
+    elsewhere = video.Track([_view(k, (400, 100, 500, 200), -np.ones(4)) for k in (2, 5)])
+    together = video.Track([_view(k, (105 + 10 * k, 110, 195 + 10 * k, 210), -np.ones(4)) for k in (1, 2)])
+    assert video.continues(occluded, clear) and video.continues(clear, occluded)
+    assert not video.continues(elsewhere, clear) and not video.continues(together, clear)
+
+
+def test_a_product_shown_after_another_at_the_same_place_is_not_its_continuation():
+    """A seller swaps products in the hand: the second one's track follows the first's in time at the same place,
+    but not inside its gaps, so it stays an object of its own."""
+    first = video.Track([_view(k, (100, 100, 200, 200), np.ones(4)) for k in range(0, 5)])
+    second = video.Track([_view(k, (102, 100, 202, 200), -np.ones(4)) for k in range(5, 9)])
+    assert not video.continues(first, second) and not video.continues(second, first)
