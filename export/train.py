@@ -28,13 +28,19 @@ class TrainConfig:
 # --- detector -------------------------------------------------------------------------------------
 
 def centernet_targets(boxes: list[np.ndarray], h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """Heatmap, size, offset and centre mask (CenterNet), plus ``box`` [n, 4, h, w]: the object's box (x1, y1, x2,
+    y2 in [0, 1]) at every cell of its centre region (its Gaussian >= BOX_REGION, the object whose Gaussian is
+    highest there), where the box loss supervises the size (``region`` mask)."""
     n = len(boxes)
     heat = torch.zeros(n, 1, h, w)
     size = torch.zeros(n, 2, h, w)
     offset = torch.zeros(n, 2, h, w)
     mask = torch.zeros(n, 1, h, w)
+    box = torch.zeros(n, 4, h, w)
+    region = torch.zeros(n, 1, h, w)
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     for i, bs in enumerate(boxes):
+        best = torch.zeros(h, w)
         for x1, y1, x2, y2 in bs:
             cx, cy = (x1 + x2) / 2 * w, (y1 + y2) / 2 * h
             ix, iy = min(int(cx), w - 1), min(int(cy), h - 1)
@@ -44,7 +50,28 @@ def centernet_targets(boxes: list[np.ndarray], h: int, w: int) -> tuple[torch.Te
             size[i, :, iy, ix] = torch.tensor([x2 - x1, y2 - y1])
             offset[i, :, iy, ix] = torch.tensor([cx - ix, cy - iy])
             mask[i, 0, iy, ix] = 1.0
-    return heat, size, offset, mask
+            mine = (g >= BOX_REGION) & (g > best)
+            best = torch.where(mine, g, best)
+            box[i, :, mine] = torch.tensor([x1, y1, x2, y2], dtype=torch.float32)[:, None]
+            region[i, 0, mine] = 1.0
+    return heat, size, offset, mask, box, region
+
+
+BOX_REGION = 0.5  # cells whose Gaussian reaches this share of the peak also learn the object's size
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - generalised IoU of boxes [..., 4] (x1, y1, x2, y2): scale-free, so small objects weigh as much as large."""
+    ix1, iy1 = torch.maximum(pred[..., 0], target[..., 0]), torch.maximum(pred[..., 1], target[..., 1])
+    ix2, iy2 = torch.minimum(pred[..., 2], target[..., 2]), torch.minimum(pred[..., 3], target[..., 3])
+    inter = (ix2 - ix1).clamp(min=0) * (iy2 - iy1).clamp(min=0)
+    area = lambda b: (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)  # noqa: E731
+    union = area(pred) + area(target) - inter
+    ex1, ey1 = torch.minimum(pred[..., 0], target[..., 0]), torch.minimum(pred[..., 1], target[..., 1])
+    ex2, ey2 = torch.maximum(pred[..., 2], target[..., 2]), torch.maximum(pred[..., 3], target[..., 3])
+    enclose = (ex2 - ex1) * (ey2 - ey1)
+    iou = inter / union.clamp(min=1e-9)
+    return 1 - iou + (enclose - union) / enclose.clamp(min=1e-9)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -73,15 +100,23 @@ def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: 
         for i in range(0, len(perm), cfg.batch):
             b = perm[i:i + cfg.batch]
             x16, x32 = torch.from_numpy(f16[b]).float(), torch.from_numpy(f32[b]).float()
-            heat, size, offset, mask = (t[b] for t in targets)
+            heat, size, offset, mask, box, region = (t[b] for t in targets)
             if rng.random() < 0.5:  # horizontal flip of the feature maps and targets
                 x16, x32, heat, size, mask = x16.flip(-1), x32.flip(-1), heat.flip(-1), size.flip(-1), mask.flip(-1)
                 offset = offset.flip(-1)
                 offset = torch.stack([torch.where(mask[:, 0] > 0, 1 - offset[:, 0], offset[:, 0]), offset[:, 1]], 1)
+                box, region = box.flip(-1), region.flip(-1)
+                box = torch.stack([1 - box[:, 2], box[:, 1], 1 - box[:, 0], box[:, 3]], 1) * region
             logits, psize, poff = head(x16, x32)
             n_pos = mask.sum().clamp(min=1)
+            # the size, at every cell of an object's centre region: the box of that size around the object's true
+            # centre against its box, by GIoU (the offset is learned at the centre cell, where decoding reads it)
+            centre = torch.stack([box[:, 0] + box[:, 2], box[:, 1] + box[:, 3]], 1) / 2
+            pred = torch.cat([centre - psize / 2, centre + psize / 2], 1)
+            sel = region[:, 0] > 0
+            box_loss = giou_loss(pred.permute(0, 2, 3, 1)[sel], box.permute(0, 2, 3, 1)[sel]).mean() if sel.any() else psize.sum() * 0
             loss = focal_loss(logits, heat) + 5 * (F.l1_loss(psize * mask, size * mask, reduction="sum") / n_pos) \
-                + (F.l1_loss(poff * mask, offset * mask, reduction="sum") / n_pos)
+                + (F.l1_loss(poff * mask, offset * mask, reduction="sum") / n_pos) + 2 * box_loss
             opt.zero_grad()
             loss.backward()
             opt.step()
