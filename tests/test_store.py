@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from client import spec
 from client.store import CatalogPoint, DedupStore, QdrantStore, StoreError, Where, dedup_point_id, open_engine, point_id
 from client.store.edge import EdgeEngine
 from client.store.server import ServerEngine
@@ -123,14 +124,14 @@ def test_get_and_delete_one_product(store):
 
 
 def test_collection_is_versioned_behind_an_alias(store):
-    assert store.collection == "products_v1"
-    assert store.aliases() == {"products": "products_v1"}
+    assert store.collection == spec.collection_name()
+    assert store.aliases() == {"products": spec.collection_name()}
 
 
 def test_recreate_empties_the_collection_and_keeps_the_alias(store):
     store.upsert([_point(i) for i in range(3)])
     store.ensure(8, recreate=True)
-    assert store.count() == 0 and store.aliases() == {"products": "products_v1"}
+    assert store.count() == 0 and store.aliases() == {"products": spec.collection_name()}
 
 
 def test_dimension_mismatch_is_refused(store):
@@ -250,7 +251,7 @@ def test_embedded_store_persists_across_reopen(tmp_path):
         s.ensure(8)
         s.upsert([_point(i) for i in range(4)])
     with QdrantStore(path=tmp_path / "q") as s:
-        assert s.exists() and s.count() == 4 and s.aliases() == {"products": "products_v1"}
+        assert s.exists() and s.count() == 4 and s.aliases() == {"products": spec.collection_name()}
         assert s.search(_vec(2), top_k=1)[0].product_id == "p2"
 
 
@@ -277,7 +278,7 @@ def test_a_shard_whose_segments_were_deleted_is_refused(tmp_path):
     with QdrantStore(path=tmp_path / "q") as s:
         s.ensure(8)
         s.upsert([_point(i) for i in range(3)])
-    shutil.rmtree(tmp_path / "q" / "products_v1" / "segments")
+    shutil.rmtree(tmp_path / "q" / spec.collection_name() / "segments")
     with QdrantStore(path=tmp_path / "q") as s, pytest.raises(StoreError, match="segments/ is missing but 3 points"):
         s.count()
 
