@@ -431,6 +431,8 @@ def continues(a: Track, b: Track) -> bool:
     place is not its continuation), and on median its box overlaps the other's in the nearest frame before or
     after by IoU >= TRACK_MIN_IOU. (The badly degraded views of a product, occluded or dark, look more like each
     other than like its clear views and start a track of their own in its frames.)"""
+    if a.frames & b.frames:
+        return False
     small, big = (a, b) if len(a.views) <= len(b.views) else (b, a)
     order = sorted(big.views, key=lambda v: v.frame.index)
     overlaps = []
@@ -440,7 +442,7 @@ def continues(a: Track, b: Track) -> bool:
         if not before or not after:
             return False
         overlaps.append(max(float(imaging.box_iou(v.obj.box, w.obj.box)[0, 0]) for w in before + after))
-    return bool(overlaps) and not a.frames & b.frames and float(np.median(overlaps)) >= TRACK_MIN_IOU
+    return bool(overlaps) and float(np.median(overlaps)) >= TRACK_MIN_IOU
 
 
 def set_quality(track: Track) -> None:

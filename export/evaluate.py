@@ -456,12 +456,21 @@ def colour_weight_sweep(d: Described, queries: list[Query]) -> dict:
     the served embedding is [sqrt(1 - w) * CNN part, sqrt(w) * colour part] (spec.COLOUR_WEIGHT), so both parts
     come back from it exactly and are fused again with each weight of COLOUR_SWEEP (0 = the CNN part alone)."""
     w0, n = spec.COLOUR_WEIGHT, spec.CNN_EMBED_DIM
-    parts = [(x[EMBEDDINGS][:, :n] / np.sqrt(1 - w0), x[EMBEDDINGS][:, n:] / np.sqrt(w0)) for x in (d.gallery, d.gt, d.det or d.gt)]
+
+    def parts(x: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return x[EMBEDDINGS][:, :n] / np.sqrt(1 - w0), x[EMBEDDINGS][:, n:] / np.sqrt(w0)
+
+    split = {"gallery": parts(d.gallery), "gt": parts(d.gt), "det": None if d.det is None else parts(d.det)}
+
+    def fused(x: dict[str, np.ndarray] | None, key: str, w: float) -> dict[str, np.ndarray] | None:
+        if x is None:
+            return None
+        cnn, colour = split[key]
+        return {**x, EMBEDDINGS: np.concatenate([np.sqrt(1 - w) * cnn, np.sqrt(w) * colour], 1).astype(np.float32)}
+
     out = {}
     for w in COLOUR_SWEEP:
-        fused = [np.concatenate([np.sqrt(1 - w) * c, np.sqrt(w) * h], 1).astype(np.float32) for c, h in parts]
-        dv = Described({**d.gallery, EMBEDDINGS: fused[0]}, {**d.gt, EMBEDDINGS: fused[1]},
-                       None if d.det is None else {**d.det, EMBEDDINGS: fused[2]}, d.target, d.selections)
+        dv = Described(fused(d.gallery, "gallery", w), fused(d.gt, "gt", w), fused(d.det, "det", w), d.target, d.selections)
         out[str(w)] = {f"{b} boxes": by_kind(source_ranks(dv, b, EMBEDDINGS, spec.CATEGORY_FILTER_MIN_SCORE), queries)
                        for b in ("detected", GT)}
     return out

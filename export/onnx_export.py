@@ -119,13 +119,13 @@ def parity(path: Path, reference, inputs: list, atol: float = 1e-4) -> float:
         args = x if isinstance(x, tuple) else (x,)
         got = sess.run(None, dict(zip(in_names, args)))
         want = reference(*args)
-        x = args[0]
+        shape = args[0].shape
         for g, w, o in zip(got, want, sess.get_outputs()):
             if g.dtype.kind == "f":
                 diff = float(np.abs(g - w).max()) if g.size else 0.0
                 worst = max(worst, diff)
                 if diff > atol:
-                    raise RuntimeError(f"{path}: output {o.name} differs from torch by {diff:.2e} (> {atol}) for input shape {x.shape}")
+                    raise RuntimeError(f"{path}: output {o.name} differs from torch by {diff:.2e} (> {atol}) for input shape {shape}")
             elif not np.array_equal(g, w):
-                raise RuntimeError(f"{path}: output {o.name} differs from torch for input shape {x.shape}")
+                raise RuntimeError(f"{path}: output {o.name} differs from torch for input shape {shape}")
     return worst
