@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOSET = ROOT.parent / "shared" / "datasets" / "photoset"
 
 PROFILES = {
-    "quick": ({"synthetic_per_class": 20, "scenes": 3000, "catalog_views": 300},
+    "quick": ({"synthetic_per_class": 20, "scenes": 3000, "detector_scenes": 3000, "catalog_views": 1200},
               {"det_epochs": 25, "cls_epochs": 150, "emb_epochs": 60}),
-    "full": ({"synthetic_per_class": 30, "scenes": 8000, "catalog_views": 1500},
+    "full": ({"synthetic_per_class": 30, "scenes": 8000, "detector_scenes": 8000, "catalog_views": 4000},
              {"det_epochs": 80, "cls_epochs": 300, "emb_epochs": 120}),
 }
 STAGES = tuple(m.name for m in spec.TRAINED_MODELS)

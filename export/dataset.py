@@ -17,7 +17,7 @@ from client import imaging, spec
 from export.crop_graph import build_crop_model
 from export.products import Product, load_cutouts, product_split, synthetic_products
 from client.imaging import list_images
-from export.scenes import Backgrounds, make_scene
+from export.scenes import Backgrounds, detector_scene, make_scene
 
 
 @dataclass
@@ -25,6 +25,7 @@ class DataConfig:
     synthetic_per_class: int = 6
     scenes: int = 1000
     catalog_views: int = 200  # detector samples of a product alone on white
+    detector_scenes: int = 0  # more scenes for the detector only, of varied products and pseudo-objects (scenes.detector_scene)
     val_fraction: float = 0.15
     photoset: str | None = None  # folder with cutouts/ and photos/ (e.g. ../shared/datasets/photoset)
     seed: int = 0
@@ -168,6 +169,13 @@ def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData]
             views = np.stack([b if v == 0 else _jitter(b, rng, 0.05)])
             crops.append(cutter(src, size, views))
             crop_prod.append(j); crop_cat.append(True); crop_val.append(False)
+    # detector-only scenes, from their own random stream: the scenes above (and so the crops) do not change
+    vrng = np.random.default_rng(cfg.seed + 2)
+    for _ in tqdm(range(cfg.detector_scenes), desc="detector scenes", unit="scene"):
+        scene = detector_scene(sources.products, bgs, vrng)
+        det, _, size = imaging.letterbox(scene.image)
+        det_images.append(det[0]); det_val.append(False)
+        det_boxes.append(np.stack([_norm(o.box, size) for o in scene.objects]) if scene.objects else np.zeros((0, 4), np.float32))
     for _ in range(cfg.catalog_views):
         p = sources.products[int(rng.integers(len(sources.products)))]
         img, box = p.catalog_image_and_box(side=int(rng.integers(240, 520)), margin=float(rng.uniform(0.02, 0.3)))

@@ -4,7 +4,7 @@ import pytest
 
 from export import dataset
 from export.products import product_split, synthetic_products
-from export.scenes import Backgrounds, make_scene
+from export.scenes import Backgrounds, detector_scene, make_scene, vary
 
 
 def test_held_out_products_never_reach_training():
@@ -31,6 +31,41 @@ def test_scene_objects_record_their_transforms():
             x1, y1, x2, y2 = o.box
             assert 0 <= x1 < x2 <= scene.image.width and 0 <= y1 < y2 <= scene.image.height
     assert {"perspective", "colour", "blur", "noise", "contrast", "occlusion"} <= seen
+
+
+def test_detector_scenes_show_varied_products_and_pseudo_objects():
+    products = synthetic_products(2)
+    rng = np.random.default_rng(5)
+    kinds, n = set(), 0
+    for _ in range(30):
+        scene = detector_scene(products, Backgrounds(), rng)
+        assert 1 <= len(scene.objects) <= 3
+        for o in scene.objects:
+            kinds.add("pseudo" if o.product_id == "pseudo" else "product")
+            x1, y1, x2, y2 = o.box
+            assert 0 <= x1 < x2 <= scene.image.width and 0 <= y1 < y2 <= scene.image.height
+            n += 1
+    assert kinds == {"pseudo", "product"}
+    # a varied product keeps its identity and its shape's alpha; most draws change its pixels
+    p = products[0]
+    changed = 0
+    for seed in range(20):
+        v = vary(p, np.random.default_rng(seed))
+        assert v.product_id == p.product_id and v.cutout.mode == "RGBA"
+        assert v.cutout.getchannel("A").getbbox() is not None
+        changed += v.cutout.size != p.cutout.size or np.abs(np.asarray(v.cutout, float) - np.asarray(p.cutout, float)).mean() > 1
+    assert changed >= 12  # 7/8 of draws vary something; a mirrored symmetric drawing may not change
+
+
+def test_detector_scenes_leave_the_crops_as_they_were():
+    sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
+    sources.products = sources.products[:6]
+    base = dict(synthetic_per_class=1, scenes=4, catalog_views=2)
+    det0, crops0 = dataset.generate(dataset.DataConfig(**base), sources)
+    det1, crops1 = dataset.generate(dataset.DataConfig(**base, detector_scenes=3), sources)
+    assert np.array_equal(crops0.crops, crops1.crops) and np.array_equal(crops0.product, crops1.product)
+    assert len(det1.images) == len(det0.images) + 3 and not det1.val[4:].any()
+    assert np.array_equal(det0.images[:4], det1.images[:4])
 
 
 def test_heads_round_trip_and_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
