@@ -133,6 +133,11 @@ def _norm(box, size: np.ndarray) -> np.ndarray:
     return np.asarray(box, np.float32) / float(max(size))
 
 
+def _scene_boxes(scene, size: np.ndarray) -> np.ndarray:
+    """The scene's object boxes normalised to the letterboxed square, [M, 4] (M may be 0)."""
+    return np.stack([_norm(o.box, size) for o in scene.objects]) if scene.objects else np.zeros((0, 4), np.float32)
+
+
 def _jitter(box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
     w, h = box[2] - box[0], box[3] - box[1]
     d = rng.uniform(-amount, amount, 4) * np.array([w, h, w, h])
@@ -151,7 +156,7 @@ def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData]
     for i in tqdm(range(cfg.scenes), desc="scenes", unit="scene"):
         scene = make_scene(sources.products, bgs, rng)
         det, src, size = imaging.letterbox(scene.image)
-        boxes = np.stack([_norm(o.box, size) for o in scene.objects]) if scene.objects else np.zeros((0, 4), np.float32)
+        boxes = _scene_boxes(scene, size)
         is_val = i < n_val
         det_images.append(det[0]); det_boxes.append(boxes); det_val.append(is_val)
         if len(boxes):
@@ -175,7 +180,7 @@ def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData]
         scene = detector_scene(sources.products, bgs, vrng)
         det, _, size = imaging.letterbox(scene.image)
         det_images.append(det[0]); det_val.append(False)
-        det_boxes.append(np.stack([_norm(o.box, size) for o in scene.objects]) if scene.objects else np.zeros((0, 4), np.float32))
+        det_boxes.append(_scene_boxes(scene, size))
     for _ in range(cfg.catalog_views):
         p = sources.products[int(rng.integers(len(sources.products)))]
         img, box = p.catalog_image_and_box(side=int(rng.integers(240, 520)), margin=float(rng.uniform(0.02, 0.3)))

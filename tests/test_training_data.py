@@ -36,7 +36,7 @@ def test_scene_objects_record_their_transforms():
 def test_detector_scenes_show_varied_products_and_pseudo_objects():
     products = synthetic_products(2)
     rng = np.random.default_rng(5)
-    kinds, n = set(), 0
+    kinds = set()
     for _ in range(30):
         scene = detector_scene(products, Backgrounds(), rng)
         assert 1 <= len(scene.objects) <= 3
@@ -44,7 +44,6 @@ def test_detector_scenes_show_varied_products_and_pseudo_objects():
             kinds.add("pseudo" if o.product_id == "pseudo" else "product")
             x1, y1, x2, y2 = o.box
             assert 0 <= x1 < x2 <= scene.image.width and 0 <= y1 < y2 <= scene.image.height
-            n += 1
     assert kinds == {"pseudo", "product"}
     # a varied product keeps its identity and its shape's alpha; most draws change its pixels
     p = products[0]
