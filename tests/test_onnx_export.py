@@ -97,3 +97,21 @@ def test_embedder_id_is_the_hash_of_its_weights_in_graph_and_metadata(built):
     arr.flat[0] += 1.0
     w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
     assert weights_id(features, changed) != emb_id[0]  # other weights, another id
+
+
+def test_flip_test_detector_boxes_mirror_with_the_photo(torch_models):
+    """bench.detector_flip (measured, not served): on a mirrored photo its boxes are exactly the mirrored boxes
+    and its scores the same, and it differs from the plain detector (it does average something)."""
+    torch, det, _, _ = torch_models
+    from bench.detector_flip import FlipDetector
+
+    flip = FlipDetector(det).eval()
+    x = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (2, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8))
+    with torch.no_grad():
+        boxes, scores = flip(x)
+        mboxes, mscores = flip(x.flip(3))
+        plain_boxes, _ = det(x)
+    np.testing.assert_allclose(mscores.numpy(), scores.numpy(), atol=1e-5)
+    mirrored = torch.stack([1 - boxes[..., 2], boxes[..., 1], 1 - boxes[..., 0], boxes[..., 3]], -1)
+    np.testing.assert_allclose(mboxes.numpy(), mirrored.numpy(), atol=1e-4)
+    assert not np.allclose(boxes.numpy(), plain_boxes.numpy(), atol=1e-4)
