@@ -56,7 +56,9 @@ SEEK_MIN_GAP = 8.0  # seconds ahead of the demuxer beyond which it seeks to the 
 # Tracking and voting: measured with embedder v2 (CNN part and colour histogram, 308-d; quick profile, 2026-12-03)
 # on the clips of `python -m bench.video_search --clips 60 --two-products 0.6 --seed 7` and `--seed 11` (120 clips,
 # 197 products, 10 frames each; the views select_objects reports, a product's when its box overlaps the product's
-# true box by IoU >= 0.5). Views of one product in two frames: cosine median 0.69, 0.82 when both frames are clear
+# true box by IoU >= 0.5). The view statistics below come from a one-off analysis of those clips that is not in the
+# repository (only the end-to-end figures are reproducible, with bench.video_search). Views of one product in two
+# frames: cosine median 0.69, 0.82 when both frames are clear
 # (5 % below 0.61); a clear view to the mean of the product's other clear views: median 0.88 (5 % below 0.74), a
 # badly degraded one much lower: blurred 0.53, dark 0.48, occluded 0.28 (25 % below 0.17: the occluding blob's
 # colour rules the colour part). Views of two products: 95 % below 0.35; a view to another product's or clutter's
