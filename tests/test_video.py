@@ -419,3 +419,29 @@ def test_a_product_shown_after_another_at_the_same_place_is_not_its_continuation
     first = video.Track([_view(k, (100, 100, 200, 200), np.ones(4)) for k in range(0, 5)])
     second = video.Track([_view(k, (102, 100, 202, 200), -np.ones(4)) for k in range(5, 9)])
     assert not video.continues(first, second) and not video.continues(second, first)
+
+
+def test_view_statistics_split_views_by_product_frame_and_degradation():
+    """bench.video_views (the statistics behind the tracking constants): cosines within a product, to its clear
+    views by kind of degraded frame, across products, and box IoUs one sampled frame apart."""
+    from bench.video_views import clip_stats, summary
+
+    e = np.eye(4, dtype=np.float32)
+    box = lambda x: np.array([x, 0, x + 10, 10], np.float32)  # noqa: E731
+    views = [{"frame": 0, "product": "a", "box": box(0), "emb": e[0], "kind": ""},
+             {"frame": 1, "product": "a", "box": box(5), "emb": e[0], "kind": ""},
+             {"frame": 2, "product": "a", "box": box(5), "emb": e[1], "kind": "blur"},
+             {"frame": 0, "product": "b", "box": box(50), "emb": e[2], "kind": ""},
+             {"frame": 1, "product": None, "box": box(80), "emb": e[3], "kind": ""}]
+    acc = {k: [] for k in ("same product, two frames", "same product, two clear frames", "views of two products, one frame",
+                           "view to another product's or clutter's mean", "box IoU, same product, next sampled frame",
+                           "box IoU, another object, next sampled frame")}
+    clip_stats(views, acc)
+    assert sorted(acc["same product, two frames"]) == [0.0, 0.0, 1.0]
+    assert acc["same product, two clear frames"] == [1.0]
+    assert acc["clear view to its product's other clear views"] == [1.0, 1.0]
+    assert acc["blur view to its product's clear views"] == [0.0]
+    assert acc["views of two products, one frame"] == [0.0, 0.0]  # a-b in frame 0, both ways
+    assert acc["box IoU, same product, next sampled frame"] == pytest.approx([5 / 15, 1.0])
+    s = summary(acc)
+    assert s["same product, two frames"]["n"] == 3 and s["same product, two frames"]["median"] == 0.0
