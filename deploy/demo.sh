@@ -11,7 +11,10 @@ DEMO=${DEMO_DIR:-data/demo}
 export QDRANT_PATH=${QDRANT_PATH:-$DEMO/qdrant}
 [ -f "$DEMO/queries/truth.json" ] || $PY -m export.demo_data "$DEMO"
 $PY -m deploy.local up
-$PY -m client.index "$DEMO/catalog" --category-from-folders
+# index into the served embedder's collection, then point the alias at it: a demo store built by an earlier
+# embedder (after a rebuild) is rolled forward instead of refused (client.rollout; exit 3 = some files skipped)
+$PY -m client.rollout index "$DEMO/catalog" --category-from-folders || [ $? -eq 3 ]
+$PY -m client.rollout switch
 results=()
 for q in "$DEMO"/queries/scene_*.jpg; do
   $PY -m client.search "$q" --top-k 5

@@ -1,4 +1,4 @@
-"""The detector head's training loop on cached features (what export.build runs, on tiny inputs)."""
+"""The detector head's and the embedder's training loops on cached features (what export.build runs, on tiny inputs)."""
 from dataclasses import replace
 
 import numpy as np
@@ -27,3 +27,26 @@ def test_feature_dropout_is_on_by_default_seeded_and_applied():
     assert all(torch.equal(a[k], b[k]) for k in a), "the same seed must give the same head (builds are reproducible)"
     c = _trained_head(replace(cfg, det_feature_dropout=0.0))
     assert not all(torch.equal(a[k], c[k]) for k in a), "dropout changed nothing: it is not applied"
+
+
+def _trained_embedder(cfg: train.TrainConfig) -> dict[str, torch.Tensor]:
+    from export.models import Embedder
+
+    rng = np.random.default_rng(0)
+    product = np.repeat(np.arange(64), 5)  # >= 256 rows: the PCA initialises a 256-d projection
+    feats = (rng.normal(size=(64, 1280))[product] + 0.5 * rng.normal(size=(320, 1280))).astype(np.float32)
+    is_catalog = np.tile([True, False, False, False, False], 64)
+    torch.manual_seed(0)
+    emb = Embedder(pretrained=False)
+    train.pca_init(emb.proj, emb.center, feats)
+    train.train_embedder(emb, feats, product, is_catalog, product % 2, cfg)
+    return {k: v.clone() for k, v in emb.proj.state_dict().items()}
+
+
+def test_embedder_feature_dropout_is_on_by_default_seeded_and_applied():
+    cfg = train.TrainConfig(emb_epochs=2)
+    assert 0 < cfg.emb_feature_dropout < 1
+    a, b = _trained_embedder(cfg), _trained_embedder(cfg)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = _trained_embedder(replace(cfg, emb_feature_dropout=0.0))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
