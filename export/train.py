@@ -239,22 +239,24 @@ def train_embedder(embedder, feats: np.ndarray, product: np.ndarray, is_catalog:
         groups.append({"params": embedder.tuned_head.parameters(), "lr": 1e-4})
     opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     by_cat: dict[int, np.ndarray] = {int(c): np.unique(product[category == c]) for c in np.unique(category)}
+
+    def drop(rows: torch.Tensor) -> torch.Tensor:  # emb_feature_dropout, on query crops only
+        return F.dropout(rows, cfg.emb_feature_dropout) if cfg.emb_feature_dropout else rows
+
     log = []
     for epoch in tqdm(range(cfg.emb_epochs), desc="embedder", unit="epoch"):
         perm = rng.permutation(queries)
         for i in range(0, len(perm), 128):
             q = perm[i:i + 128]
             gallery = embedder.embed_features(x[[canon[p] for p in prod_ids]])
-            p_drop = cfg.emb_feature_dropout
-            eq = embedder.embed_features(F.dropout(x[q], p_drop) if p_drop else x[q])
+            eq = embedder.embed_features(drop(x[q]))
             target = torch.tensor([col[int(p)] for p in product[q]])
             loss = F.cross_entropy(eq @ gallery.T / temperature, target)
             # P x K batch within one or two categories: hard negatives of the same category
             c = int(rng.choice(list(by_cat)))
             ps = rng.choice(by_cat[c], size=min(16, len(by_cat[c])), replace=False)
             rows = np.concatenate([rng.choice(np.where(product == p)[0], size=4) for p in ps])
-            loss = loss + batch_hard_triplet(embedder.embed_features(F.dropout(x[rows], p_drop) if p_drop else x[rows]),
-                                             torch.from_numpy(product[rows]))
+            loss = loss + batch_hard_triplet(embedder.embed_features(drop(x[rows])), torch.from_numpy(product[rows]))
             opt.zero_grad(); loss.backward(); opt.step()
         log.append({"epoch": epoch, "loss": loss.item()})
     return log

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from export import train
-from export.models import DetectorHead
+from export.models import DetectorHead, Embedder
 
 
 def _trained_head(cfg: train.TrainConfig) -> dict[str, torch.Tensor]:
@@ -30,8 +30,6 @@ def test_feature_dropout_is_on_by_default_seeded_and_applied():
 
 
 def _trained_embedder(cfg: train.TrainConfig) -> dict[str, torch.Tensor]:
-    from export.models import Embedder
-
     rng = np.random.default_rng(0)
     product = np.repeat(np.arange(64), 5)  # >= 256 rows: the PCA initialises a 256-d projection
     feats = (rng.normal(size=(64, 1280))[product] + 0.5 * rng.normal(size=(320, 1280))).astype(np.float32)
