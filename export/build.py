@@ -35,9 +35,9 @@ DEFAULT_PHOTOSET = ROOT.parent / "shared" / "datasets" / "photoset"
 
 PROFILES = {
     "quick": ({"synthetic_per_class": 20, "scenes": 3000, "detector_scenes": 3000, "catalog_views": 1200},
-              {"det_epochs": 25, "cls_epochs": 150, "emb_epochs": 60}),
+              {"det_epochs": 25, "cls_epochs": 150, "emb_epochs": 0}),
     "full": ({"synthetic_per_class": 30, "scenes": 8000, "detector_scenes": 8000, "catalog_views": 4000},
-             {"det_epochs": 80, "cls_epochs": 300, "emb_epochs": 120}),
+             {"det_epochs": 80, "cls_epochs": 300, "emb_epochs": 0}),
 }
 STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
 DATA_VERSION = 2  # bump when scene generation changes, so cached features are not reused
@@ -236,8 +236,10 @@ def embedder_recall(emb: "Embedder", data: TrainingData) -> dict:
 
 def embedder_stage(data: TrainingData, tcfg: "train.TrainConfig", merge_map: dict[str, str], log: dict,
                    old: "Heads | None" = None, retrain: tuple[str, ...] = ()) -> "Embedder":
-    """Initialised from the PCA of the pooled features (the baseline it is compared with), then trained
-    with losses whose hard negatives come from the same category (``merge_map``)."""
+    """The projection of the pooled features: learned whitening (``TrainConfig.emb_init``, closed form, its
+    shrinkage chosen on held-out training products), with the PCA projection's recall logged as the baseline;
+    then ``emb_epochs`` of training with losses whose hard negatives come from the same category (``merge_map``):
+    0 in both profiles, since that training gained nothing on top of the whitening (README, "Embedder")."""
     from export import train
     from export.models import Embedder
 
@@ -246,6 +248,11 @@ def embedder_stage(data: TrainingData, tcfg: "train.TrainConfig", merge_map: dic
     emb = Embedder(tune_head=tcfg.emb_tune_head)
     train.pca_init(emb.proj, emb.center, data.pooled[tr])
     log["embedder_val_pca_baseline"] = embedder_recall(emb, data)
+    if tcfg.emb_init == "whitening":
+        log["embedder_whitening"] = train.whitening_init(emb.proj, emb.center, data.pooled[tr], crops.product[tr],
+                                                         crops.is_catalog[tr], tcfg.emb_whitening_shrinkages, seed=tcfg.seed)
+        log["embedder_val_whitening"] = embedder_recall(emb, data)
+        print("embedder: learned whitening", log["embedder_whitening"], log["embedder_val_whitening"])
     if old and spec.EMBEDDER.name not in retrain:
         emb = old.embedder_model()
         log["embedder_curve"] = old.log.get("embedder_curve")

@@ -217,7 +217,7 @@ class ColourHistogram(nn.Module):
 
 
 class Embedder(nn.Module):
-    """Linear projection of the pooled backbone vector, L2-normalised (initialised from PCA), fused with the
+    """Linear projection of the pooled backbone vector, L2-normalised (learned whitening, export.train), fused with the
     crop's colour histogram: ``[sqrt(1 - w) * cnn, sqrt(w) * colour]`` (w = spec.COLOUR_WEIGHT), a unit vector
     whose dot products are (1 - w) * the CNN cosine + w * the colour histograms' Bhattacharyya coefficient.
     Training sees only the CNN part (``embed_features``); the colour part has no weights.

@@ -24,12 +24,19 @@ class TrainConfig:
     # (README, "Detector feature dropout").
     det_feature_dropout: float = 0.2
     cls_epochs: int = 150
-    emb_epochs: int = 60
-    # dropout on the cached pooled vectors of the embedder's query crops (not on the catalog proxies): the same
+    # the embedder is learned whitening (emb_init) alone in both profiles: training it afterwards with the
+    # proxy and triplet losses (60 epochs, the dropout below) gained nothing on held-out products
+    # (README, "Embedder: learned whitening"); set emb_epochs > 0 to fine-tune from the whitening
+    emb_epochs: int = 0
+    # (when emb_epochs > 0) dropout on the cached pooled vectors of the embedder's query crops (not on the catalog proxies): the same
     # idea as det_feature_dropout, for a projection trained on 245 products. 0.4 took held-out R@1 0.765 -> 0.782
     # (real photos 0.780 -> 0.799) in export.evaluate; over two seeds 0.771 -> 0.790, R@5 0.880 -> 0.898
     # (README, "Embedder feature dropout").
     emb_feature_dropout: float = 0.4
+    # the projection's start: "whitening" (learned_whitening, shrinkage chosen by product folds among
+    # emb_whitening_shrinkages) or "pca" (the top principal directions)
+    emb_init: str = "whitening"
+    emb_whitening_shrinkages: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
     emb_tune_head: bool = False  # partial unfreezing: also train the backbone's last conv (see models.Embedder)
     batch: int = 32
     lr: float = 2e-3
@@ -201,6 +208,63 @@ def train_classifier(head: torch.nn.Module, feats: np.ndarray, labels: np.ndarra
 
 
 # --- embedder -------------------------------------------------------------------------------------
+
+def learned_whitening(feats: np.ndarray, product: np.ndarray, is_catalog: np.ndarray, dim: int,
+                      shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form learned whitening (Radenovic et al., "Fine-tuning CNN image retrieval with no human
+    annotation", Lw): whiten by the covariance of same-product differences (each query crop minus its
+    product's first two catalog crops), shrunk towards its mean eigenvalue by ``shrinkage``, then keep the
+    ``dim`` directions of largest variance of all crops in that space. Returns (centre [D], W [dim, D]):
+    x -> W (x - centre), L2-normalised, is the CNN part of the embedding; the graph is the PCA projection's."""
+    x = feats.astype(np.float64)
+    centre = x.mean(0)
+    first: dict[int, list[int]] = {}
+    for r in np.where(is_catalog)[0]:
+        first.setdefault(int(product[r]), []).append(int(r))
+    pairs = np.array([(q, c) for q in np.where(~is_catalog)[0] for c in first.get(int(product[q]), [])[:2]])
+    if len(pairs) == 0:
+        raise ValueError("learned whitening needs query crops of products with a catalog crop")
+    diff = x[pairs[:, 0]] - x[pairs[:, 1]]
+    within = diff.T @ diff / len(diff)
+    within += shrinkage * np.trace(within) / len(within) * np.eye(len(within))
+    ev, vec = np.linalg.eigh(within)
+    whiten = vec @ np.diag(ev ** -0.5) @ vec.T
+    xc = x - centre
+    spread = whiten @ (xc.T @ xc / len(xc)) @ whiten.T
+    ev2, vec2 = np.linalg.eigh(spread)
+    top = vec2[:, np.argsort(-ev2)[:dim]]
+    return centre.astype(np.float32), (whiten.T @ top).T.astype(np.float32)
+
+
+def whitening_init(proj: torch.nn.Linear, center: torch.Tensor, feats: np.ndarray, product: np.ndarray,
+                   is_catalog: np.ndarray, shrinkages: tuple[float, ...], folds: int = 5, seed: int = 0) -> dict:
+    """Sets ``proj`` and ``center`` to the learned whitening of ``feats`` whose shrinkage recalls best on
+    products it was not fitted on (``folds``-fold by product: each fold's query crops against one catalog crop
+    per product of the fold). Returns the fold R@1 of every shrinkage and the one chosen."""
+    products = np.unique(product)
+    fold_of = dict(zip(products.tolist(), np.random.default_rng(seed).permutation(len(products)) % folds))
+    fold = np.array([fold_of[int(p)] for p in product])
+    recall = {}
+    for lam in shrinkages:
+        hits = []
+        for k in range(folds):
+            fit, held = fold != k, fold == k
+            centre, w = learned_whitening(feats[fit], product[fit], is_catalog[fit], proj.out_features, lam)
+            g = np.where(held & is_catalog)[0]
+            g = g[np.unique(product[g], return_index=True)[1]]
+            q = np.where(held & ~is_catalog)[0]
+            q = q[np.isin(product[q], product[g])]
+            z = (feats - centre) @ w.T
+            z /= np.linalg.norm(z, axis=1, keepdims=True)
+            hits.append(retrieval_recall(z[q], product[q], z[g], product[g], ks=(1,))["recall@1"])
+        recall[str(lam)] = round(float(np.mean(hits)), 4)
+    best = max(shrinkages, key=lambda lam: recall[str(lam)])
+    centre, w = learned_whitening(feats, product, is_catalog, proj.out_features, best)
+    with torch.no_grad():
+        center.copy_(torch.from_numpy(centre))
+        proj.weight.copy_(torch.from_numpy(w))
+    return {"fold_recall@1": recall, "shrinkage": best}
+
 
 def pca_init(proj: torch.nn.Linear, center: torch.Tensor, feats: np.ndarray) -> None:
     x = torch.from_numpy(feats).float()
