@@ -383,7 +383,7 @@ def export_models(heads: "Heads", repo: Path, todo: set[str], seed: int, log: di
 
     from export.crop_graph import build_crop_model, build_whole_crop_model
     from export.models import same_backbone
-    from export.onnx_export import metadata, set_metadata
+    from export.onnx_export import metadata, read_metadata, set_metadata
 
     t1 = time.time()
     repository.write(repo)
@@ -401,6 +401,8 @@ def export_models(heads: "Heads", repo: Path, todo: set[str], seed: int, log: di
             parity_log[spec.CLASSIFIER.name] = export_classifier(cls, spec.onnx_file(repo, spec.CLASSIFIER.name), img)
         if spec.EMBEDDER.name in todo:
             parity_log[spec.EMBEDDER.name], log["embedder_id"] = export_embedder(emb, features, spec.onnx_file(repo, spec.EMBEDDER.name), img)
+        else:  # kept as it is (e.g. --retrain detector): its id is the one its graph reports
+            log["embedder_id"] = read_metadata(spec.onnx_file(repo, spec.EMBEDDER.name))[spec.EMBEDDER_ID.name]
         parity_log["features+heads"] = composed_parity(repo, cls, emb, img)
     for model, graph in ((spec.CROP, build_crop_model()), (spec.WHOLE_CROP, build_whole_crop_model())):
         set_metadata(graph, metadata(model))
