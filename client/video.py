@@ -56,18 +56,17 @@ SEEK_MIN_GAP = 8.0  # seconds ahead of the demuxer beyond which it seeks to the 
 # Tracking and voting: the view statistics are `python -m bench.video_views` (data/bench/video/view_stats.md): the
 # clips of `python -m bench.video_search --clips 60 --two-products 0.6 --seed 7` and `--seed 11` (120 clips, 197
 # products, 10 frames each), the views select_objects reports, a product's when its box overlaps the product's true
-# box by IoU >= 0.5, else clutter. Measured 2026-12-04 on the shipped models (embedder v2 and detector, both trained
-# with feature dropout; the embedder before its dropout gave views of one product 0.03-0.05 less similar, and the
-# detector before its dropout two-object 95th percentiles of 0.55, 0.52 and box IoU 0.33).
+# box by IoU >= 0.5, else clutter. Measured 2026-12-04 on the shipped models (embedder v2, learned whitening, and
+# the detector trained with feature dropout; the trained embedder before it gave views within 0.02 of these).
 # The constants were chosen 2026-12-03, with older models, from a one-off analysis not in the repository:
-# its one-product figures were within 0.02 of the previous models'; its two-object 95th percentiles were lower (0.35,
+# its one-product figures were within 0.02 of these; its two-object 95th percentiles were lower (0.35,
 # 0.39, box IoU 0.11), and how it counted other objects is not known. Views of one product in two frames: cosine
-# median 0.75, 0.86 when both frames are clear (5 % below 0.67); a clear view to the mean of the product's other
-# clear views: median 0.91 (5 % below 0.79), a badly degraded one much lower: blurred 0.57, dark 0.52, occluded 0.31
+# median 0.71, 0.85 when both frames are clear (5 % below 0.65); a clear view to the mean of the product's other
+# clear views: median 0.90 (5 % below 0.77), a badly degraded one much lower: blurred 0.52, dark 0.47, occluded 0.28
 # (25 % below 0.17: the occluding blob's colour rules the colour part). Views of two products in one frame: median
-# 0.13, 95 % below 0.61; a view to another product's or clutter's mean: median 0.17, 95 % below 0.49. Box IoU of one
+# 0.13, 95 % below 0.60; a view to another product's or clutter's mean: median 0.16, 95 % below 0.46. Box IoU of one
 # product's views one sampled frame apart: median 0.67, 5 % below 0.40; with another object's view (clutter
-# included, which may cover part of a product): 95 % below 0.26. So box overlap carries the associations the embedding cannot (degraded
+# included, which may cover part of a product): 95 % below 0.24. So box overlap carries the associations the embedding cannot (degraded
 # views): a product's degraded views that still start a track of their own (they look more like each other than
 # like its clear views) are merged back by their boxes (``continues``), and tracks of one product that split
 # otherwise merge by their votes. TRACK_MIN_COS 0.45 / 0.65, TRACK_MIN_COS_OVERLAP 0.25 / 0.45 and MERGE_COS 0.6 -
