@@ -248,15 +248,19 @@ def embedder_stage(data: TrainingData, tcfg: "train.TrainConfig", merge_map: dic
     emb = Embedder(tune_head=tcfg.emb_tune_head)
     train.pca_init(emb.proj, emb.center, data.pooled[tr])
     log["embedder_val_pca_baseline"] = embedder_recall(emb, data)
-    if tcfg.emb_init == "whitening":
-        log["embedder_whitening"] = train.whitening_init(emb.proj, emb.center, data.pooled[tr], crops.product[tr],
-                                                         crops.is_catalog[tr], tcfg.emb_whitening_shrinkages, seed=tcfg.seed)
-        log["embedder_val_whitening"] = embedder_recall(emb, data)
-        print("embedder: learned whitening", log["embedder_whitening"], log["embedder_val_whitening"])
     if old and spec.EMBEDDER.name not in retrain:
         emb = old.embedder_model()
-        log["embedder_curve"] = old.log.get("embedder_curve")
+        for key in ("embedder_curve", "embedder_whitening", "embedder_val_whitening"):
+            if key in old.log:
+                log[key] = old.log[key]
     else:
+        if tcfg.emb_init == "whitening":
+            log["embedder_whitening"] = train.whitening_init(emb.proj, emb.center, data.pooled[tr], crops.product[tr],
+                                                             crops.is_catalog[tr], tcfg.emb_whitening_shrinkages, seed=tcfg.seed)
+            log["embedder_val_whitening"] = embedder_recall(emb, data)
+            print("embedder: learned whitening", log["embedder_whitening"], log["embedder_val_whitening"])
+        elif tcfg.emb_init != "pca":
+            raise ValueError(f"TrainConfig.emb_init must be 'whitening' or 'pca', not {tcfg.emb_init!r}")
         categories = sorted(set(merge_map.values()))
         cat_of = np.array([categories.index(merge_map[data.sources.products[p].fine_class]) for p in crops.product])
         feats = data.c32 if emb.tuned_head is not None else data.pooled
