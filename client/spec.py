@@ -41,7 +41,7 @@ CROP_SOURCE_SIZE = 640  # side of the padded-square image that crops are cut fro
 CROP_SIZE = 160  # classifier / embedder input side
 MAX_OBJECTS = 8  # K: fixed number of detector outputs
 NUM_ROWS = MAX_OBJECTS + 1  # K detections + the whole image
-CNN_EMBED_DIM = 256  # the trained projection of the backbone's pooled vector
+CNN_EMBED_DIM = 256  # the learned-whitening projection of the backbone's pooled vector
 # The colour part of the embedding (export.models.ColourHistogram): hue x saturation x value chromatic bins
 # plus grey bins by value, Hellinger-mapped, fused with the CNN part as the vector's last COLOUR_DIM entries
 COLOUR_HUE_BINS, COLOUR_SAT_BINS, COLOUR_VAL_BINS, COLOUR_GREY_BINS = 12, 2, 2, 4
@@ -168,7 +168,7 @@ CLASSIFIER = ModelSpec(
 )
 EMBEDDER = ModelSpec(
     "embedder", "onnx", (FEATURES, CROPS), (EMBEDDINGS, EMBEDDER_ID),
-    "Metric-learning embedder head on the pooled vector, fused with a colour histogram of the crop: "
+    "Embedder head on the pooled vector (a linear projection fitted by learned whitening), fused with a colour histogram of the crop: "
     "L2-normalised vectors, and the identity of its weights (and the backbone's).",
 )
 

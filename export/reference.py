@@ -57,7 +57,7 @@ MEANINGS = {
     "category_score": f"The summed probability of `category`, in [0, 1]. The project's client filters by category only "
                       f"when it is ≥ {spec.CATEGORY_FILTER_MIN_SCORE}.",
     "embeddings": f"L2-normalised {spec.EMBED_DIM}-d embedding of each row's crop (cosine similarity = dot product). "
-                  f"The first {spec.CNN_EMBED_DIM} entries are the trained projection of the backbone's vector (a unit vector "
+                  f"The first {spec.CNN_EMBED_DIM} entries are the learned-whitening projection of the backbone's vector (a unit vector "
                   f"times √{1 - spec.COLOUR_WEIGHT:g}), the last {spec.COLOUR_DIM} a centre-weighted HSV colour histogram of the crop "
                   f"(square roots of its shares, times √{spec.COLOUR_WEIGHT:g}): a dot product is {1 - spec.COLOUR_WEIGHT:g} × the "
                   f"shape cosine + {spec.COLOUR_WEIGHT:g} × the colour histograms' overlap. "
