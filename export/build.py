@@ -35,9 +35,9 @@ DEFAULT_PHOTOSET = ROOT.parent / "shared" / "datasets" / "photoset"
 
 PROFILES = {
     "quick": ({"synthetic_per_class": 20, "scenes": 3000, "detector_scenes": 3000, "catalog_views": 1200},
-              {"det_epochs": 25, "cls_epochs": 150, "emb_epochs": 0}),
+              {"det_epochs": 25, "cls_epochs": 150}),
     "full": ({"synthetic_per_class": 30, "scenes": 8000, "detector_scenes": 8000, "catalog_views": 4000},
-             {"det_epochs": 80, "cls_epochs": 300, "emb_epochs": 0}),
+             {"det_epochs": 80, "cls_epochs": 300}),
 }
 STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
 DATA_VERSION = 2  # bump when scene generation changes, so cached features are not reused
@@ -239,7 +239,8 @@ def embedder_stage(data: TrainingData, tcfg: "train.TrainConfig", merge_map: dic
     """The projection of the pooled features: learned whitening (``TrainConfig.emb_init``, closed form, its
     shrinkage chosen on held-out training products), with the PCA projection's recall logged as the baseline;
     then ``emb_epochs`` of training with losses whose hard negatives come from the same category (``merge_map``):
-    0 in both profiles, since that training gained nothing on top of the whitening (README, "Embedder")."""
+    0 (TrainConfig's default, which both profiles keep), since that training gained nothing on top of the
+    whitening (README, "Embedder")."""
     from export import train
     from export.models import Embedder
 

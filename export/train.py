@@ -254,9 +254,9 @@ def whitening_init(proj: torch.nn.Linear, center: torch.Tensor, feats: np.ndarra
             g = g[np.unique(product[g], return_index=True)[1]]
             q = np.where(held & ~is_catalog)[0]
             q = q[np.isin(product[q], product[g])]
-            z = (feats - centre) @ w.T
-            z /= np.linalg.norm(z, axis=1, keepdims=True)
-            hits.append(retrieval_recall(z[q], product[q], z[g], product[g], ks=(1,))["recall@1"])
+            zq, zg = ((feats[rows] - centre) @ w.T for rows in (q, g))
+            zq, zg = (z / np.linalg.norm(z, axis=1, keepdims=True) for z in (zq, zg))
+            hits.append(retrieval_recall(zq, product[q], zg, product[g], ks=(1,))["recall@1"])
         recall[str(lam)] = round(float(np.mean(hits)), 4)
     best = max(shrinkages, key=lambda lam: recall[str(lam)])
     centre, w = learned_whitening(feats, product, is_catalog, proj.out_features, best)
