@@ -28,7 +28,8 @@ from export.models import Detector, decode_topk
 class FlipDetector(torch.nn.Module):
     """``det`` run on the image and its mirror; the mirror's maps are flipped back and averaged (heatmap
     logits, sizes, offsets; a mirrored x offset o is 1 - o), so its boxes on a mirrored photo are exactly the
-    mirrored boxes."""
+    mirrored boxes. It averages the heatmap head alone: the box refiner of the served detector (export/models.py:
+    BoxRefiner) is not applied, so compare it with a detector built with ``det_refine_epochs = 0``."""
 
     def __init__(self, det: Detector) -> None:
         super().__init__()

@@ -139,12 +139,19 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
     else:
         from export.models import Detector
 
-        det = Detector()
+        det = Detector(refine=tcfg.det_refine_epochs > 0)
         train_idx = np.where(~data.det.val)[0]
         log["detector_curve"] = train.train_detector(det.head, data.f16, data.f32, data.det.boxes, train_idx, tcfg)
+        if det.refiner is not None:  # the refiner learns from the trained head's own boxes on the training scenes
+            proposals, _ = train.run_detector_head(det.head, data.f16, data.f32, train_idx)
+            log["refiner_curve"] = train.train_refiner(det.refiner, data.f16, data.f32, data.det.boxes, proposals, train_idx, tcfg)
+    if old and spec.DETECTOR.name not in retrain and "refiner_curve" in old.log:
+        log["refiner_curve"] = old.log["refiner_curve"]
     val_idx = np.where(data.det.val)[0]
-    pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx)
-    log["detector_val"] = train.detection_metrics(pb, ps, [data.det.boxes[i] for i in val_idx])
+    gt = [data.det.boxes[i] for i in val_idx]
+    pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx, det.refiner)
+    log["detector_val"] = train.detection_metrics(pb, ps, gt)
+    log["detector_val"]["tight_iou0.7"] = train.detection_metrics(pb, ps, gt, iou_thr=0.7)["recall_at_threshold"]
     print("detector (validation scenes):", log["detector_val"])
     return det
 

@@ -40,11 +40,13 @@ class Heads:
     embedder_center: torch.Tensor
     embedder_tuned_head: dict | None  # Embedder.tuned_head state_dict, None when not trained
     log: dict  # the training log (data, config, metrics, category merge)
+    detector_refiner: dict | None = None  # BoxRefiner state_dict; None: a detector built before the refiner (no refinement)
 
     @classmethod
     def from_models(cls, det: Detector, cls_model: Classifier, emb: Embedder, log: dict) -> "Heads":
         return cls(det.head.state_dict(), cls_model.head.state_dict(), list(cls_model.fine_classes), dict(cls_model.merge),
-                   emb.proj.state_dict(), emb.center, emb.tuned_head.state_dict() if emb.tuned_head is not None else None, log)
+                   emb.proj.state_dict(), emb.center, emb.tuned_head.state_dict() if emb.tuned_head is not None else None, log,
+                   det.refiner.state_dict() if det.refiner is not None else None)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -52,7 +54,7 @@ class Heads:
         torch.save({"detector": self.detector, "classifier": self.classifier, "fine_classes": self.fine_classes,
                     "merge": self.merge, "embedder": {"proj": self.embedder_proj, "center": self.embedder_center,
                                                       "tuned_head": self.embedder_tuned_head},
-                    "log": self.log}, path)
+                    "log": self.log, "detector_refiner": self.detector_refiner}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Heads":
@@ -70,11 +72,13 @@ class Heads:
                                   "rebuild it with python -m export.build --force")
         e = raw["embedder"]
         return cls(raw["detector"], raw["classifier"], list(raw["fine_classes"]), dict(raw["merge"]),
-                   e["proj"], e["center"], e["tuned_head"], raw["log"])
+                   e["proj"], e["center"], e["tuned_head"], raw["log"], raw.get("detector_refiner"))
 
     def detector_model(self, *, pretrained: bool = True) -> Detector:
-        det = Detector(pretrained=pretrained)
+        det = Detector(pretrained=pretrained, refine=self.detector_refiner is not None)
         det.head.load_state_dict(self.detector)
+        if det.refiner is not None:
+            det.refiner.load_state_dict(self.detector_refiner)
         return det.eval()
 
     def classifier_model(self, *, pretrained: bool = True) -> Classifier:

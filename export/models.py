@@ -115,16 +115,64 @@ def decode_topk(heat_logits: torch.Tensor, size: torch.Tensor, offset: torch.Ten
     return boxes, scores
 
 
+def roi_grid(boxes: torch.Tensor, grid: int, grow: float) -> torch.Tensor:
+    """The bilinear sampling grid of RoI features: boxes [n, k, 4] (x1, y1, x2, y2 in [0, 1]) -> [n, k * grid, grid, 2]
+    in grid_sample's [-1, 1] (align_corners=False), ``grid`` x ``grid`` cell centres over each box grown ``grow``
+    times about its centre (so the box's edges and what lies just outside them are inside the window)."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    half = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-3) * (grow / 2)
+    t = (torch.arange(grid, dtype=boxes.dtype, device=boxes.device) + 0.5) / grid * 2 - 1
+    xs = centre[..., 0, None] + half[..., 0, None] * t  # [n, k, grid]
+    ys = centre[..., 1, None] + half[..., 1, None] * t
+    n, k = boxes.shape[:2]
+    g = torch.stack([xs[:, :, None, :].expand(n, k, grid, grid), ys[:, :, :, None].expand(n, k, grid, grid)], -1)
+    return (g * 2 - 1).reshape(n, k * grid, grid, 2)
+
+
+class BoxRefiner(nn.Module):
+    """A second look at each detected box: RoI features of the stride-16 and stride-32 maps, sampled bilinearly
+    (grid_sample, an ONNX op: no RoIAlign needed) on a ``grid`` x ``grid`` window over the box grown ``grow`` times,
+    -> a 1x1 conv -> an MLP -> four edge moves in units of the box's width and height. The heatmap head places a
+    box from its centre cell alone; the refiner sees where the object's edges are. The last layer starts at zero:
+    an untrained refiner returns its boxes unchanged. Trained on the detector's own boxes on training scenes and on
+    jittered true boxes (export.train.train_refiner)."""
+
+    def __init__(self, c16: int, c32: int, width: int = 64, hidden: int = 256, grid: int = 7, grow: float = 1.5) -> None:
+        super().__init__()
+        self.grid, self.grow = grid, grow
+        self.lateral = nn.Conv2d(c16 + c32, width, 1)
+        self.mlp = nn.Sequential(nn.Flatten(1), nn.Linear(width * grid * grid, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, f16: torch.Tensor, f32: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        n, k = boxes.shape[:2]
+        g = roi_grid(boxes, self.grid, self.grow)
+        s = torch.cat([F.grid_sample(f16, g, align_corners=False), F.grid_sample(f32, g, align_corners=False)], 1)
+        s = s.reshape(n, -1, k, self.grid, self.grid).transpose(1, 2).reshape(n * k, -1, self.grid, self.grid)
+        moves = self.mlp(torch.relu(self.lateral(s))).reshape(n, k, 4)
+        wh = boxes[..., 2:] - boxes[..., :2]
+        b = boxes + moves * torch.cat([wh, wh], -1)
+        lo, hi = torch.minimum(b[..., :2], b[..., 2:]), torch.maximum(b[..., :2], b[..., 2:])
+        return torch.cat([lo, hi], -1).clamp(0.0, 1.0)
+
+
 class Detector(nn.Module):
-    def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS) -> None:
+    """The served detector: frozen backbone -> heatmap head -> top-K boxes -> (``refine``) the box refiner."""
+
+    def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS, refine: bool = True) -> None:
         super().__init__()
         self.backbone = freeze(Backbone(pretrained=pretrained))
         self.head = DetectorHead(self.backbone.c16, self.backbone.c32)
+        self.refiner = BoxRefiner(self.backbone.c16, self.backbone.c32) if refine else None
         self.k = k
 
     def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f16, f32, _ = self.backbone(det_image)
-        return decode_topk(*self.head(f16, f32), self.k)
+        boxes, scores = decode_topk(*self.head(f16, f32), self.k)
+        if self.refiner is not None:
+            boxes = self.refiner(f16, f32, boxes)
+        return boxes, scores
 
 
 class Classifier(nn.Module):

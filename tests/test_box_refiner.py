@@ -1,0 +1,70 @@
+"""The detector's box refiner (export/models.py: BoxRefiner, export/train.py: train_refiner) on tiny inputs."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from client.imaging import box_iou
+from export import train
+from export.models import BoxRefiner, roi_grid
+
+
+def test_roi_grid_samples_the_cell_centres_of_the_grown_box():
+    w = 20
+    xs = ((torch.arange(w).float() + 0.5) / w).view(1, 1, 1, w).expand(1, 1, w, w).contiguous()  # value = x position
+    box = torch.tensor([[[0.2, 0.3, 0.6, 0.5]]])
+    got = F.grid_sample(xs, roi_grid(box, grid=5, grow=1.0), align_corners=False)[0, 0, 0]
+    np.testing.assert_allclose(got.numpy(), [0.24, 0.32, 0.40, 0.48, 0.56], atol=1e-5)
+    grown = F.grid_sample(xs, roi_grid(box, grid=5, grow=1.5), align_corners=False)[0, 0, 0]
+    np.testing.assert_allclose(grown.numpy()[[0, -1]], [0.16, 0.64], atol=1e-5)  # 1.5x the width about the centre
+
+
+def test_an_untrained_refiner_keeps_its_boxes_and_boxes_stay_ordered_in_the_image():
+    torch.manual_seed(0)
+    ref = BoxRefiner(4, 6, width=8, hidden=16).eval()
+    f16, f32 = torch.randn(2, 4, 10, 10), torch.randn(2, 6, 5, 5)
+    boxes = torch.tensor([[[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]], [[0.3, 0.3, 0.4, 0.9], [0.5, 0.1, 0.7, 0.2]]])
+    with torch.no_grad():
+        np.testing.assert_allclose(ref(f16, f32, boxes).numpy(), boxes.numpy(), atol=1e-6)
+        torch.nn.init.normal_(ref.mlp[-1].weight, std=5.0)  # wild moves: still x1 <= x2, y1 <= y2, inside [0, 1]
+        out = ref(f16, f32, boxes)
+    assert (out[..., 2:] >= out[..., :2]).all() and (out >= 0).all() and (out <= 1).all()
+
+
+def _scenes(n: int, rng: np.random.Generator):
+    """Feature maps that show where one object is (channel 0 = 1 inside its box, on both strides), and its box."""
+    f16, f32, gt = np.zeros((n, 4, 16, 16), np.float16), np.zeros((n, 6, 8, 8), np.float16), []
+    for i in range(n):
+        x1, y1 = rng.uniform(0.05, 0.5, 2)
+        x2, y2 = x1 + rng.uniform(0.25, 0.45), y1 + rng.uniform(0.25, 0.45)
+        for f, s in ((f16, 16), (f32, 8)):
+            c = (np.arange(s) + 0.5) / s
+            f[i, 0] = ((c[:, None] >= y1) & (c[:, None] <= y2) & (c[None] >= x1) & (c[None] <= x2))
+        f16[i, 1:] = rng.normal(size=(3, 16, 16))
+        gt.append(np.array([[x1, y1, x2, y2]], np.float32))
+    return f16, f32, gt
+
+
+def test_the_refiner_learns_to_tighten_loose_boxes_on_unseen_scenes():
+    rng = np.random.default_rng(0)
+    f16, f32, gt = _scenes(160, rng)
+    loose = [np.clip(g + rng.uniform(-0.12, 0.12, g.shape).astype(np.float32) * np.tile(g[:, 2:] - g[:, :2], 2), 0, 1) for g in gt]
+    cfg = train.TrainConfig(det_refine_epochs=40, det_feature_dropout=0.0, lr=3e-3)
+    torch.manual_seed(0)
+    ref = BoxRefiner(4, 6, width=8, hidden=32)
+    train_idx, test_idx = np.arange(120), np.arange(120, 160)
+    log = train.train_refiner(ref, f16, f32, gt, [loose[i] for i in train_idx], train_idx, cfg, batch=32, progress=False)
+    assert log[-1]["loss"] < log[0]["loss"]
+    with torch.no_grad():
+        out = ref(torch.from_numpy(f16[test_idx]).float(), torch.from_numpy(f32[test_idx]).float(),
+                  torch.from_numpy(np.stack([loose[i] for i in test_idx])))
+    before = np.mean([box_iou(loose[i], gt[i])[0, 0] for i in test_idx])
+    after = np.mean([box_iou(out[j].numpy(), gt[i])[0, 0] for j, i in enumerate(test_idx)])
+    assert after > before + 0.05, (before, after)
+
+
+def test_refiner_samples_take_overlapping_detections_and_every_true_box():
+    gt = [np.array([[0.1, 0.1, 0.5, 0.5]], np.float32), np.zeros((0, 4), np.float32)]
+    props = [np.array([[0.12, 0.1, 0.5, 0.52], [0.7, 0.7, 0.9, 0.9]], np.float32), np.array([[0.1, 0.1, 0.2, 0.2]], np.float32)]
+    box, target, image = train.refiner_samples(props, gt, np.array([0, 1]), min_iou=0.4)
+    assert len(box) == 2 and (image == 0).all()  # the overlapping detection and the true box; the stray one and the empty scene give none
+    np.testing.assert_array_equal(target, np.repeat(gt[0], 2, 0))
