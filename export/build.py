@@ -136,6 +136,8 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
     if old and spec.DETECTOR.name not in retrain:
         det = old.detector_model()
         log["detector_curve"] = old.log.get("detector_curve")
+        if "refiner_curve" in old.log:
+            log["refiner_curve"] = old.log["refiner_curve"]
     else:
         from export.models import Detector
 
@@ -145,8 +147,6 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
         if det.refiner is not None:  # the refiner learns from the trained head's own boxes on the training scenes
             proposals, _ = train.run_detector_head(det.head, data.f16, data.f32, train_idx)
             log["refiner_curve"] = train.train_refiner(det.refiner, data.f16, data.f32, data.det.boxes, proposals, train_idx, tcfg)
-    if old and spec.DETECTOR.name not in retrain and "refiner_curve" in old.log:
-        log["refiner_curve"] = old.log["refiner_curve"]
     val_idx = np.where(data.det.val)[0]
     gt = [data.det.boxes[i] for i in val_idx]
     pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx, det.refiner)
