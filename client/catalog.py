@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from client import spec
+from client import imaging, rerank, spec
 from client.imaging import MAX_IMAGE_BYTES
 from client.store import CatalogPoint, QdrantStore, StoreError
 from client.result import ImageResult, row_arrays
@@ -92,16 +92,28 @@ def catalog_rows(source: ImageResult | Mapping[str, np.ndarray], *, whole_image:
     return [best, whole] if whole_image and best != whole else [best]
 
 
-def points_for(path: Path, root: Path, data_sha: str, result: ImageResult, category_from_folder: str | None) -> list[CatalogPoint]:
+def image_keypoints(data: bytes) -> str | None:
+    """The packed re-ranking keypoints of a catalog image (client/rerank.py); None when it cannot be decoded
+    here (the server then refuses it too)."""
+    try:
+        return rerank.pack(rerank.catalog_keypoints(imaging.decode(data)))
+    except imaging.ImageDecodeError:
+        return None
+
+
+def points_for(path: Path, root: Path, data_sha: str, result: ImageResult, category_from_folder: str | None,
+               keypoints: str | None = None) -> list[CatalogPoint]:
     """A catalog image shows one product: its ``catalog_rows`` as points of the view ``path`` relative to the
-    catalog ``root``. Every point carries the first one's category (a product has one category)."""
+    catalog ``root``. Every point carries the first one's category (a product has one category); the first
+    also the image's packed ``keypoints`` (``image_keypoints``) when given."""
     rows = [result.rows[r] for r in catalog_rows(result)]
     first = rows[0]
     return [CatalogPoint(vector=obj.embedding, product_id=path.stem, category=category_from_folder or first.category,
                          fine_category=first.fine_class, path=str(path), sha256=data_sha, box=obj.box, object_index=k,
                          view=path.relative_to(root).as_posix(),
                          extra={"detected_category": obj.category, "detection_score": round(obj.score, 4),
-                                "whole_image": obj.whole_image, "image_points": len(rows)})
+                                "whole_image": obj.whole_image, "image_points": len(rows)}
+                         | ({rerank.FIELD: keypoints} if keypoints and k == 0 else {}))
             for k, obj in enumerate(rows)]
 
 
@@ -125,6 +137,7 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
     store.ensure(client.dim, recreate=recreate, live=live)
     pending: list[CatalogPoint] = []
     data_sha: dict[str, str] = {}
+    keypoints: dict[str, str | None] = {}
     products: set[str] = set()
 
     def items():
@@ -138,17 +151,19 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
                     progress(1)
                 continue
             data_sha[name] = sha
+            keypoints[name] = image_keypoints(data)
             yield name, data
 
     for name, result in client.infer_many(items(), concurrency=concurrency):
         if progress:
             progress(1)
         if isinstance(result, BadImage):
+            keypoints.pop(name, None)
             report.skipped.append((name, str(result).removeprefix(f"{name}: ")))
             continue
         path = Path(name)
         folder_cat = path.parent.name if category_from_folders and path.parent != folder else None
-        pending += points_for(path, folder, data_sha.pop(name), result, folder_cat)
+        pending += points_for(path, folder, data_sha.pop(name), result, folder_cat, keypoints.pop(name, None))
         products.add(path.stem)
         report.indexed += 1
         if len(pending) >= batch:

@@ -5,7 +5,8 @@ The objects of a photo are the rows the ensemble returns, chosen by the row poli
 order; the whole image if none).
 Each is searched within its merged category when the classifier is confident (category_score >=
 spec.CATEGORY_FILTER_MIN_SCORE; else in the whole catalog), or within --category C for all objects;
-one hit per product, ranked by cosine similarity.
+one hit per product, ranked by cosine similarity, then the best rerank.CANDIDATES re-ranked by how well
+their catalog image's local features agree with the object's (client/rerank.py; --no-rerank: cosine only).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from client import imaging, spec
+from client import imaging, rerank, spec
 from client.cli import add_triton_url
 from client.result import DetectedObject, ImageResult, row_arrays
 from client.store import QdrantStore, StoreError
@@ -77,10 +78,15 @@ class ObjectResults:
 
 
 def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, top_k: int = 5,
-                 category: str | None = None, name: str = "<bytes>", filter_by_category: bool = True) -> list[ObjectResults]:
+                 category: str | None = None, name: str = "<bytes>", filter_by_category: bool = True,
+                 geometric: bool = True) -> list[ObjectResults]:
+    """Each reported object's top-k products. ``geometric``: the best rerank.CANDIDATES products are re-ranked
+    by local-feature agreement with the stored keypoints of their images (client/rerank.py); each result then
+    also has its ``cosine`` and ``inliers``, and ``score`` is the fused one."""
     result = client.infer(data, name)
     # a catalog built with another embedder than the served one cannot be searched (StoreError: what to run)
     store.check_embedder(result.embedder_id, len(result.image_embedding))
+    image = imaging.decode(data) if geometric else None  # the server decoded the same bytes the same way
     out = []
     known: dict[str, bool] = {}
     for obj in select_objects(result):
@@ -91,9 +97,16 @@ def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, to
             if obj.category not in known:
                 known[obj.category] = store.count(obj.category) > 0
             cat = obj.category if known[obj.category] else None
-        hits = store.search(obj.embedding, category=cat, top_k=top_k)
-        out.append(ObjectResults(obj.box, obj.score, obj.category, obj.fine_class, obj.whole_image,
-                                 [{"product_id": h.product_id, "path": h.path, "score": round(h.score, 4)} for h in hits], obj.valid))
+        if image is None:
+            hits = store.search(obj.embedding, category=cat, top_k=top_k)
+            listed = [{"product_id": h.product_id, "path": h.path, "score": round(h.score, 4)} for h in hits]
+        else:
+            hits = store.search(obj.embedding, category=cat, top_k=max(top_k, rerank.CANDIDATES))
+            query = rerank.query_keypoints(image, None if obj.whole_image else obj.box)
+            hits = rerank.rerank_hits(hits, query, store.keypoints)[:top_k]
+            listed = [{"product_id": h.product_id, "path": h.path, "score": round(h.score, 4),
+                       "cosine": round(h.payload["cosine"], 4), "inliers": h.payload["inliers"]} for h in hits]
+        out.append(ObjectResults(obj.box, obj.score, obj.category, obj.fine_class, obj.whole_image, listed, obj.valid))
     return out
 
 
@@ -106,7 +119,8 @@ def format_table(name: str, objects: list[ObjectResults]) -> str:
         if not o.results:
             lines.append("    no catalog items in this category")
         for r, hit in enumerate(o.results, 1):
-            lines.append(f"    {r:>2}. {hit['product_id']:<40} {hit['score']:.3f}  {hit['path']}")
+            geo = f" (cosine {hit['cosine']:.3f}, {hit['inliers']} inliers)" if hit.get("inliers") is not None else ""
+            lines.append(f"    {r:>2}. {hit['product_id']:<40} {hit['score']:.3f}{geo}  {hit['path']}")
     return "\n".join(lines)
 
 
@@ -122,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight to Triton for a video's frames (default %(default)s)")
     ap.add_argument("--category", help="search every object within this category instead of its detected one")
     ap.add_argument("--no-category-filter", action="store_true", help="search the whole catalog for every object")
+    ap.add_argument("--no-rerank", action="store_true", help="rank by the embedding's cosine alone (no geometric "
+                    "re-ranking of the best %d products)" % rerank.CANDIDATES)
     ap.add_argument("--json", action="store_true", help='print {"objects": [{"box", "score", "category", "results": [...]}]}; '
                     'a video\'s objects also have "frame", "frames" and results "votes"')
     ap.add_argument("--html", type=Path, help="also write an HTML gallery of the results to this file "
@@ -138,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.as_one and any(kinds.values()):
         ap.error(f"--as-one votes over photos; {next(p for p, v in kinds.items() if v)} is a video (its frames are voted already)")
     search = dict(top_k=args.top_k, category=args.category, filter_by_category=not args.no_category_filter)
+    photo_search = dict(search, geometric=not args.no_rerank)
     status = 0
 
     def fail(code: int, message: str) -> None:
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                         emit(i, report, video.format_report(report), images)
                         continue
                     data = path.read_bytes()
-                    objects = search_image(data, client, store, name=str(path), **search)
+                    objects = search_image(data, client, store, name=str(path), **photo_search)
                     report = {"image": str(path), "objects": [o.to_json() for o in objects]}
                     emit(i, report, format_table(str(path), objects), {"query": imaging.decode(data)} if html_path(i) else {})
                 except OSError as exc:

@@ -68,6 +68,16 @@ def report(m: dict) -> str:
             for boxes, k in v.items():
                 lines.append(f"| {w} | {boxes} | {_fmt(k['all']['R@1'])} | {_fmt(k['all']['R@5'])} | {_fmt(k['real photo']['R@1'])} | "
                              f"{_fmt(k['real photo']['R@5'])} | {_fmt(k['drawn']['R@1'])} | {_fmt(k['drawn']['R@5'])} |")
+    if m.get("rerank"):
+        st = m["rerank"]["settings"]
+        lines += ["", f"## Geometric re-ranking (client/rerank.py; served: the best {st['candidates']} re-scored, weight "
+                  f"{st['weight']}, inlier cap {st['inlier_cap']}, {st['keypoints']} ORB keypoints at {st['side']} px; the client's filter)", "",
+                  "| setting | boxes | R@1 | R@5 | R@1 real photo | R@5 real photo | R@1 drawn | R@5 drawn |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for w, v in m["rerank"]["sweep"].items():
+            for boxes, k in v.items():
+                lines.append(f"| {w} | {boxes} | {_fmt(k['all']['R@1'])} | {_fmt(k['all']['R@5'])} | {_fmt(k['real photo']['R@1'])} | "
+                             f"{_fmt(k['real photo']['R@5'])} | {_fmt(k['drawn']['R@1'])} | {_fmt(k['drawn']['R@5'])} |")
     lines += ["", "## Detector (query scenes)", "",
              "| AP@0.5 | recall @ threshold | precision @ threshold | objects |", "|---|---|---|---|",
              f"| {_fmt(m['detector']['ap50'])} | {_fmt(m['detector']['recall_at_threshold'])} | "

@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from client import imaging, spec
+from client import imaging, rerank, spec
 from client.catalog import CATALOG_WHOLE_IMAGE, catalog_rows
 from client.search import select_rows
-from export import dataset, repository
+from export import dataset, eval_rerank, repository
 from export.eval_misses import background_clutter, detector_misses, misses_png
 from export.eval_report import report
 from export.pipeline import Pipeline
@@ -180,6 +180,8 @@ class QuerySet:
     det_crop_of: dict[tuple[int, int], int]  # (scene, row) -> index into det_crops
     detector: dict  # detection_metrics over the scenes
     thumbs: list[Image.Image]  # the first scenes, for examples.png
+    gt_kp: list  # per query: rerank.query_keypoints of its scene at its ground-truth box
+    det_kp: list  # per det_crops row: rerank.query_keypoints at that row's box (the whole image for its row)
 
 
 MATCH_IOU = 0.5
@@ -244,7 +246,7 @@ def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: in
     bgs = Backgrounds(sources.eval_backgrounds)
     queries: list[Query] = []
     scenes: list[SceneRows] = []
-    gt_crops, det_crops, det_crop_of = [], [], {}
+    gt_crops, det_crops, det_crop_of, gt_kp, det_kp = [], [], {}, [], []
     det_boxes_all, det_scores_all, gt_all, thumbs = [], [], [], []
     cutter = dataset.CropCutter()
     for i in tqdm(range(n_scenes), desc="query scenes", unit="scene"):
@@ -262,6 +264,9 @@ def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: in
             rows = [int(r) for r in np.where(imaging.box_iou(sc.boxes, gt).max(1) >= MATCH_IOU)[0]]
             det_crop_of.update({(i, r): len(det_crops) + k for k, r in enumerate(rows)})
             det_crops += list(runner.crops(out, rows)) if rows else []
+            gt_kp += [rerank.query_keypoints(scene.image, b) for b in gt]
+            whole = len(sc.scores) - 1
+            det_kp += [rerank.query_keypoints(scene.image, None if r == whole else sc.boxes[r]) for r in rows]
         for o in scene.objects:
             queries.append(Query(i, o.product_id, o.fine_class, o.box, o.transform,
                                  "procedural" if scene.background == "procedural" else "photo",
@@ -270,7 +275,7 @@ def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: in
             thumbs.append(scene.image)
     empty = np.zeros((0, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)
     return QuerySet(queries, scenes, np.concatenate(gt_crops), np.stack(det_crops) if det_crops else empty, det_crop_of,
-                    detection_metrics(det_boxes_all, det_scores_all, gt_all), thumbs)
+                    detection_metrics(det_boxes_all, det_scores_all, gt_all), thumbs, gt_kp, det_kp)
 
 
 def ranks(q: np.ndarray, g: np.ndarray, target: np.ndarray, allowed: np.ndarray | None = None, binary: bool = False,
@@ -370,18 +375,26 @@ def source_ranks(d: Described, source: str, space: str, filtered: float | None, 
     filtered: None = whole gallery; tau = search within the query's predicted category when its
     category_score >= tau (0 = always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
     n = len(d.target)
+    if source != GT and d.det is None:
+        return np.full(n, np.inf)
+    q, qidx, ok, allowed = query_rows(d, source, filtered)
+    r = ranks(q[space][qidx], d.gallery[space], d.target, allowed, binary, groups=d.gallery[GROUP])
+    r[~ok] = np.inf
+    return r
+
+
+def query_rows(d: Described, source: str, filtered: float | None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(the described crops of ``source``, each query's row in them, whether it got a box, the category filter's
+    allowed [query, gallery point] mask or None)."""
+    n = len(d.target)
     if source == GT:
         q, qidx, ok = d.gt, np.arange(n), np.ones(n, bool)
-    elif d.det is None:
-        return np.full(n, np.inf)
     else:
         q, qidx, ok = d.det, d.selections[source].det_rows, d.selections[source].found
     allowed = None
     if filtered is not None:
         allowed = (d.gallery[CATEGORY][None, :] == q[CATEGORY][qidx][:, None]) | (q[CATEGORY_SCORE][qidx] < filtered)[:, None]
-    r = ranks(q[space][qidx], d.gallery[space], d.target, allowed, binary, groups=d.gallery[GROUP])
-    r[~ok] = np.inf
-    return r
+    return q, qidx, ok, allowed
 
 
 def retrieval_table(d: Described, space: str, filtered: float | None, binary: bool = False) -> dict:
@@ -411,6 +424,27 @@ def retrieval_metrics(d: Described) -> tuple[dict, dict]:
     return results, sweep
 
 
+def geometric_reranking(d: Described, qs: QuerySet, results: dict, catalog_kp: list) -> dict:
+    """client.search's re-ranking (client/rerank.py) of the detected and ground-truth boxes' candidates, with
+    the client's filter: ranks (``"_ranks"``) and the fusion sweep (export/eval_rerank.py)."""
+    out = {}
+    for source in ("detected", GT):
+        if source != GT and d.det is None:
+            continue
+        q, qidx, ok, allowed = query_rows(d, source, spec.CATEGORY_FILTER_MIN_SCORE)
+        kp = qs.gt_kp if source == GT else [qs.det_kp[j] for j in qidx]
+        base = results["trained embedder, float"][POLICY][source]["_ranks"]
+        out[source] = eval_rerank.source_table(q[EMBEDDINGS][qidx], allowed, d.gallery[EMBEDDINGS], d.gallery[GROUP], d.target,
+                                               ok, base, kp, catalog_kp, f"re-rank ({source})")
+    return out
+
+
+def rerank_sweep(geo: dict, queries: list[Query]) -> dict:
+    """R@1 / R@5 by product kind for each fusion setting of the sweep, per box source."""
+    return {f"weight {w}, cap {c}": {f"{src} boxes": by_kind(v["_sweep"][w, c], queries) for src, v in geo.items()}
+            for w in eval_rerank.SWEEP_WEIGHT for c in eval_rerank.SWEEP_CAP}
+
+
 VALID_ONLY = "detected, valid rows only (before)"
 POLICY = f"category filter if score >= {spec.CATEGORY_FILTER_MIN_SCORE} (client.search)"
 KINDS = {"all": lambda q: True, "real photo": lambda q: "__" in q.product_id, "drawn": lambda q: "__" not in q.product_id}
@@ -426,10 +460,13 @@ def by_kind(r: np.ndarray, queries: list[Query]) -> dict:
     return out
 
 
-def headline(results: dict, queries: list[Query]) -> dict:
-    """The issue's numbers (trained embedder, the client's category filter), per box source and product kind."""
-    names = {"detected": "detected boxes (client.search.select_rows)", VALID_ONLY: VALID_ONLY, GT: "ground truth boxes"}
-    rows = {names[src]: by_kind(r["_ranks"], queries) for src, r in results["trained embedder, float"][POLICY].items()}
+def headline(results: dict, queries: list[Query], geo: dict) -> dict:
+    """The issue's numbers (trained embedder, the client's category filter), per box source and product kind:
+    first what client.search does (detected boxes, geometric re-ranking), then the cosine ranking alone."""
+    rows = {"detected boxes, re-ranked (client.search)": by_kind(geo["detected"]["_ranks"], queries)} if "detected" in geo else {}
+    names = {"detected": "detected boxes, cosine only (client.search --no-rerank)", VALID_ONLY: VALID_ONLY, GT: "ground truth boxes"}
+    rows |= {names[src]: by_kind(r["_ranks"], queries) for src, r in results["trained embedder, float"][POLICY].items()}
+    rows["ground truth boxes, re-ranked"] = by_kind(geo[GT]["_ranks"], queries)
     rows["ground truth boxes, baseline"] = by_kind(results["off-the-shelf backbone (baseline)"][POLICY][GT]["_ranks"], queries)
     rows["detected boxes, no category filter"] = by_kind(results["trained embedder, float"]["no filter"]["detected"]["_ranks"], queries)
     return rows
@@ -560,6 +597,10 @@ def evaluate(args) -> dict:
                   VALID_ONLY: select(qs, valid_detections)}
     d = Described(catalog_points(full, CATALOG_WHOLE_IMAGE), gt, det, np.array([row_of[q.product_id] for q in queries]), selections)
     results, filter_sweep = retrieval_metrics(d)
+    t = time.time()
+    catalog_kp = [rerank.catalog_keypoints(it.image) for it in tqdm(items, desc="catalog keypoints", unit="image")]
+    geo = geometric_reranking(d, qs, results, catalog_kp)
+    timings["rerank_s"] = round(time.time() - t, 1)
     classifier = classifier_metrics(d, queries, setup, row_of)
     found = selections["detected"].found
     per_transform = per_transform_metrics(results, queries, found)
@@ -581,7 +622,10 @@ def evaluate(args) -> dict:
                   "catalog_points": int(len(d.gallery[GROUP])),
                   "catalog_images_without_valid_detection": len(items) - int(np.sum(full[VIEW] == 1))},
         "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4), "detector_misses": misses,
-        "objects_reported": objects, "headline": headline(results, queries), "catalog_views": views,
+        "objects_reported": objects, "headline": headline(results, queries, geo), "catalog_views": views,
+        "rerank": {"settings": {"candidates": rerank.CANDIDATES, "weight": rerank.WEIGHT, "inlier_cap": rerank.INLIER_CAP,
+                                "keypoints": rerank.ORB.keypoints, "side": rerank.ORB.side},
+                   "sweep": rerank_sweep(geo, queries)},
         "colour_weight_sweep": colour,
         "selection_sweep": sweep,
         "classifier": classifier, "retrieval": results, "category_filter_sweep": filter_sweep, "per_transform": per_transform, "timings": timings,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import imaging, spec
+from client import imaging, rerank, spec
 from client.catalog import CATALOG_WHOLE_IMAGE, index_folder
 from client.search import EXTRA_OBJECTS, search_image
 from client.store import QdrantStore
@@ -137,7 +137,13 @@ def test_search_cli_prints_the_json_contract_and_a_gallery(triton, indexed, demo
     for obj in doc["objects"]:
         assert len(obj["box"]) == 4 and isinstance(obj["score"], float) and obj["category"]
         assert 1 <= len(obj["results"]) <= 3
-        assert set(obj["results"][0]) == {"product_id", "path", "score"}
+        # re-ranked (client/rerank.py): the fused score first, with the cosine and the inliers behind it; the demo
+        # catalog was indexed with its keypoints, so every result has an inlier count
+        assert set(obj["results"][0]) == {"product_id", "path", "score", "cosine", "inliers"}
+        assert [r["score"] for r in obj["results"]] == sorted((r["score"] for r in obj["results"]), reverse=True)
+        for r in obj["results"]:
+            assert isinstance(r["inliers"], int) and r["inliers"] >= 0
+            assert r["score"] == pytest.approx(rerank.fused(r["cosine"], r["inliers"]), abs=2e-4)
     gallery = page.read_text()
     n_results = sum(len(o["results"]) for o in doc["objects"])
     assert gallery.count("data:image/jpeg;base64,") == 1 + n_results  # the query plus one thumbnail per result

@@ -26,47 +26,25 @@ from PIL import Image
 from client import spec
 from client.dedup.base import Errors, Features, Method, Plan
 from client.dedup.thresholds import Thresholds, load_thresholds
+from client.geometry import NO_KEYPOINTS, Keypoints, OrbSettings, inliers
 from client.imaging import ImageDecodeError, decode
 
 GEO_SIDE = 256  # images are scaled (up or down) to this longest side for the geometric check
 ORB_KEYPOINTS = 300
 MATCH_RATIO = 0.8  # Lowe's ratio test on top of the cross check
 RANSAC_PX = 2.0  # inlier residual (pixels at GEO_SIDE)
-Keypoints = tuple[np.ndarray, np.ndarray]  # (positions [n, 2] float32, packed binary descriptors [n, 32] uint8)
-NO_KEYPOINTS: Keypoints = (np.zeros((0, 2), dtype=np.float32), np.zeros((0, 32), dtype=np.uint8))
+ORB = OrbSettings(GEO_SIDE, ORB_KEYPOINTS, scale_factor=1.3, levels=6, edge=15, patch=15)
 
 
 def orb_features(img: Image.Image) -> tuple[Keypoints, Keypoints]:
     """ORB keypoints + descriptors of the image and of its mirror (OpenCV), for verify()."""
-    import cv2
-
-    g = img.convert("L")
-    f = GEO_SIDE / max(g.size)
-    g = np.asarray(g.resize((max(8, round(g.width * f)), max(8, round(g.height * f))), Image.Resampling.BILINEAR))
-    orb = cv2.ORB_create(nfeatures=ORB_KEYPOINTS, scaleFactor=1.3, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=10)
-    out = []
-    for im in (g, np.ascontiguousarray(g[:, ::-1])):
-        kp, desc = orb.detectAndCompute(im, None)
-        out.append((np.array([k.pt for k in kp], dtype=np.float32).reshape(-1, 2), desc) if desc is not None else NO_KEYPOINTS)
-    return out[0], out[1]
+    g = ORB.grey(img)
+    return ORB.detect(g), ORB.detect(g[:, ::-1])
 
 
 def _inliers(a: Keypoints, b: Keypoints) -> int:
-    import cv2
-
-    (pa, da), (pb, db) = a, b
-    if len(pa) < 4 or len(pb) < 4:
-        return 0
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    back = {m.queryIdx: m.trainIdx for m in matcher.match(db, da)}  # cross check: B's best match in A
-    m = np.array([(x.queryIdx, x.trainIdx) for x, y in (p for p in matcher.knnMatch(da, db, k=2) if len(p) == 2)
-                  if x.distance < MATCH_RATIO * y.distance and back.get(x.trainIdx) == x.queryIdx], dtype=np.int64).reshape(-1, 2)
-    if len(m) < 4:
-        return 0
-    # a similarity transform (rotation, scale, shift); OpenCV's RANSAC is seeded, so the count is deterministic
-    _, inl = cv2.estimateAffinePartial2D(pa[m[:, 0]], pb[m[:, 1]], method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
-                                         maxIters=2000, confidence=0.999)
-    return 0 if inl is None else int(inl.sum())
+    # a similarity transform (rotation, scale, shift) between cross-checked matches
+    return inliers(a, b, ratio=MATCH_RATIO, cross_check=True, px=RANSAC_PX, affine=False)
 
 
 def verify(fa, fb, enough: int | None = None) -> int:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from client import spec
-from client.catalog import points_for
+from client.catalog import image_keypoints, points_for
 from client.imaging import encode_jpeg
 from client.search import search_image
 from client.serve.uploads import Upload, UploadError, sniff
@@ -258,7 +258,7 @@ class Service:
                 tmp.replace(dest)
             files.append(str(dest))
             points += [dataclasses.replace(p, product_id=product_id, extra={**p.extra, "upload_name": u.name})
-                       for p in points_for(dest, self.upload_dir, sha, result, category)]
+                       for p in points_for(dest, self.upload_dir, sha, result, category, image_keypoints(u.data))]
         served = client.embedder_id()
         with self._store_lock:
             # as client.index: write the collection of the served embedder, which must be the one searches read

@@ -20,7 +20,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import qdrant_edge as qe
 
-from client.store.engine import Engine, Record, Scored, StoreError, Where, as_vector, check_distance, check_lengths
+from client.store.engine import (HEAVY_FIELDS, Engine, Record, Scored, StoreError, Where, as_vector, check_distance,
+                                 check_lengths)
 
 META = "collection.json"
 ALIASES = "aliases.json"
@@ -43,6 +44,11 @@ def _filter(where: Where | None) -> qe.Filter | None:
     must = [qe.FieldCondition(key=f, match=qe.MatchAny(list(v))) for f, v in where.must.items()]
     must_not = [qe.FieldCondition(key=f, match=qe.MatchAny(list(v))) for f, v in where.must_not.items()]
     return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _payload(wanted: bool):
+    """Every payload field but HEAVY_FIELDS, or none."""
+    return qe.PayloadSelector.Exclude(list(HEAVY_FIELDS)) if wanted else False
 
 
 def _lock(folder: Path) -> int:
@@ -191,7 +197,7 @@ class EdgeEngine(Engine):
     def _request(self, vector: np.ndarray, limit: int, where: Where | None, threshold: float | None,
                  with_payload: bool) -> qe.QueryRequest:
         return qe.QueryRequest(limit=limit, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
-                               filter=_filter(where), score_threshold=threshold, with_payload=with_payload,
+                               filter=_filter(where), score_threshold=threshold, with_payload=_payload(with_payload),
                                params=qe.SearchParams(hnsw_ef=max(SEARCH_EF, limit)))
 
     def query(self, collection: str, vector: np.ndarray, *, limit: int, where: Where | None = None,
@@ -208,10 +214,12 @@ class EdgeEngine(Engine):
         return [[Scored(str(p.id), float(p.score), dict(p.payload or {})) for p in r] for r in res]
 
     def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 5000,
-               where: Where | None = None) -> Iterator[Record]:
+               where: Where | None = None, fields: Sequence[str] | None = None) -> Iterator[Record]:
         shard, offset, flt = self._shard(collection), None, _filter(where)
+        selector = qe.PayloadSelector.Include(list(fields)) if fields is not None else _payload(True)
         while True:
-            pts, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, filter=flt, with_payload=True, with_vector=with_vectors))
+            pts, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, filter=flt, with_payload=selector,
+                                                        with_vector=with_vectors))
             for p in pts:
                 yield Record(str(p.id), dict(p.payload or {}), as_vector(p.vector) if with_vectors else None)
             if offset is None:

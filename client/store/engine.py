@@ -24,6 +24,9 @@ import numpy as np
 DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
 POINT_NAMESPACE = uuid.UUID("6f1c8e52-1d0b-4a53-9a6e-2f8f3d2c9b11")
 DEFAULT_PATH = Path("data") / "qdrant"
+# Payload fields too large to return with every hit or record (a catalog image's keypoints, client/rerank.py):
+# reads leave them out unless a scroll names them in ``fields``.
+HEAVY_FIELDS = ("keypoints",)
 
 
 class StoreError(RuntimeError):
@@ -151,8 +154,9 @@ class Engine(ABC):
 
     @abstractmethod
     def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 5000,
-               where: Where | None = None) -> Iterator[Record]:
-        """Every point (matching ``where``), in id order."""
+               where: Where | None = None, fields: Sequence[str] | None = None) -> Iterator[Record]:
+        """Every point (matching ``where``), in id order; payloads with only ``fields`` when given, else
+        without HEAVY_FIELDS."""
 
     def optimize(self, collection: str) -> None:
         """Build the HNSW index now (a server does it on its own)."""

@@ -5,7 +5,8 @@ One collection per served embedder (``products_<embedder id>``, the id ``Retriev
 reports, recorded in the collection's metadata) behind the alias ``products``: ``client.index`` writes
 the collection of the embedder the server runs, searches read the alias, ``client.rollout`` moves it.
 A catalog built by another embedder than the served one is refused with what to run. Payload:
-product_id, category (merged), fine_category, path, box, sha256, object. Payload indexes are created
+product_id, category (merged), fine_category, path, box, sha256, object; an image's first point also
+holds its ORB keypoints (``keypoints``, client/rerank.py), left out of every read but ``keypoints()``. Payload indexes are created
 before upload. A point is one view of one product: its id derives from (product_id, the image's path
 under the catalog root, object index), never from the image content, so re-indexing never duplicates
 and two products that share a byte-identical photo stay two products. A file whose content changed
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client import spec
+from client import rerank, spec
+from client.geometry import Keypoints
 from client.store.engine import POINT_NAMESPACE, Collection, Engine, StoreError, Where, open_engine
 
 ALIAS = "products"
@@ -208,9 +210,24 @@ class QdrantStore(Collection):
             self.engine.delete_where(self.collection, where)
         return n
 
+    def keypoints(self, product_ids: list[str]) -> dict[str, list[Keypoints]]:
+        """The keypoints stored at index time (client/rerank.py) of each view of these products, by product id;
+        a product indexed without them is absent."""
+        out: dict[str, list[Keypoints]] = {}
+        if not product_ids:
+            return out
+        for r in self.engine.scroll(self.collection, where=Where(must={"product_id": sorted(set(product_ids))}),
+                                    fields=["product_id", rerank.FIELD]):
+            text = r.payload.get(rerank.FIELD)
+            if isinstance(text, str):
+                kp = rerank.unpack(text)
+                if len(kp[0]):
+                    out.setdefault(str(r.payload.get("product_id", "")), []).append(kp)
+        return out
+
     def categories(self) -> dict[str, int]:
         """Number of products per category (a product's points share its category)."""
         products: dict[str, set[str]] = {}
-        for r in self.engine.scroll(self.collection):
+        for r in self.engine.scroll(self.collection, fields=["category", "product_id"]):
             products.setdefault(str(r.payload.get("category", "")), set()).add(str(r.payload.get("product_id", "")))
         return {c: len(p) for c, p in sorted(products.items())}

@@ -12,7 +12,13 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from client.store.engine import Engine, Record, Scored, StoreError, Where, as_vector, check_distance, check_lengths
+from client.store.engine import (HEAVY_FIELDS, Engine, Record, Scored, StoreError, Where, as_vector, check_distance,
+                                 check_lengths)
+
+
+def _payload(wanted: bool):
+    """Every payload field but HEAVY_FIELDS, or none."""
+    return models.PayloadSelectorExclude(exclude=list(HEAVY_FIELDS)) if wanted else False
 
 
 def _filter(where: Where | None) -> models.Filter | None:
@@ -85,7 +91,7 @@ class ServerEngine(Engine):
     def query(self, collection: str, vector: np.ndarray, *, limit: int, where: Where | None = None,
               threshold: float | None = None, with_payload: bool = True) -> list[Scored]:
         res = self.client.query_points(collection, query=np.asarray(vector, dtype=np.float32).tolist(), limit=limit,
-                                       query_filter=_filter(where), score_threshold=threshold, with_payload=with_payload)
+                                       query_filter=_filter(where), score_threshold=threshold, with_payload=_payload(with_payload))
         return [Scored(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]
 
     def query_batch(self, collection: str, vectors: np.ndarray, *, limit: int, where: Where | None = None,
@@ -95,21 +101,22 @@ class ServerEngine(Engine):
         flt = _filter(where)
         res = self.client.query_batch_points(collection, requests=[
             models.QueryRequest(query=np.asarray(v, dtype=np.float32).tolist(), limit=limit, filter=flt,
-                                score_threshold=threshold, with_payload=with_payload) for v in vectors])
+                                score_threshold=threshold, with_payload=_payload(with_payload)) for v in vectors])
         return [[Scored(str(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in res]
 
     def query_groups(self, collection: str, vector: np.ndarray, *, group_by: str, limit: int,
                      where: Where | None = None) -> list[Scored]:
         res = self.client.query_points_groups(collection, query=np.asarray(vector, dtype=np.float32).tolist(),
                                               group_by=group_by, limit=limit, group_size=1,
-                                              query_filter=_filter(where), with_payload=True)
+                                              query_filter=_filter(where), with_payload=_payload(True))
         return [Scored(str(g.hits[0].id), float(g.hits[0].score), dict(g.hits[0].payload or {})) for g in res.groups]
 
     def scroll(self, collection: str, *, with_vectors: bool = False, batch: int = 5000,
-               where: Where | None = None) -> Iterator[Record]:
+               where: Where | None = None, fields: Sequence[str] | None = None) -> Iterator[Record]:
         offset, flt = None, _filter(where)
+        selector = models.PayloadSelectorInclude(include=list(fields)) if fields is not None else _payload(True)
         while True:
-            pts, offset = self.client.scroll(collection, offset=offset, limit=batch, scroll_filter=flt, with_payload=True,
+            pts, offset = self.client.scroll(collection, offset=offset, limit=batch, scroll_filter=flt, with_payload=selector,
                                              with_vectors=with_vectors)
             for p in pts:
                 yield Record(str(p.id), dict(p.payload or {}), as_vector(p.vector) if with_vectors else None)
