@@ -75,10 +75,11 @@ def _read(paths: list[Path], root: Path, report: IndexReport, progress: Callable
 
 
 def is_stored(store: QdrantStore, path: str, sha256: str) -> bool:
-    """Whether every point of this image is stored with this content (a cheap payload lookup)."""
+    """Whether every point of this image is stored with this content and its re-ranking keypoints (a cheap
+    payload lookup: ``keypoints_n`` stands for them). An image indexed before keypoints existed is sent again."""
     stored = store.image_points(path)
     return bool(stored) and all(p.get("sha256") == sha256 for p in stored) \
-        and len(stored) == int(stored[0].get("image_points", len(stored)))
+        and len(stored) == int(stored[0].get("image_points", len(stored))) and any("keypoints_n" in p for p in stored)
 
 
 def catalog_rows(source: ImageResult | Mapping[str, np.ndarray], *, whole_image: bool = CATALOG_WHOLE_IMAGE) -> list[int]:
@@ -113,7 +114,7 @@ def points_for(path: Path, root: Path, data_sha: str, result: ImageResult, categ
                          view=path.relative_to(root).as_posix(),
                          extra={"detected_category": obj.category, "detection_score": round(obj.score, 4),
                                 "whole_image": obj.whole_image, "image_points": len(rows)}
-                         | ({rerank.FIELD: keypoints} if keypoints and k == 0 else {}))
+                         | ({rerank.FIELD: keypoints, "keypoints_n": len(rerank.unpack(keypoints)[0])} if keypoints and k == 0 else {}))
             for k, obj in enumerate(rows)]
 
 

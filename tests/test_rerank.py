@@ -119,3 +119,19 @@ def test_catalog_keypoints_of_bytes(tmp_path):
     text = image_keypoints(path.read_bytes())
     assert text and len(rerank.unpack(text)[0]) > 50
     assert image_keypoints(b"not an image") is None
+
+
+def test_an_image_indexed_without_keypoints_is_sent_again(tmp_path):
+    """client.index's resume check: an image stored before keypoints existed is not 'unchanged'."""
+    from client.catalog import is_stored
+
+    with QdrantStore(engine=open_engine(path=tmp_path / "q")) as store:
+        store.ensure(8)
+        v = np.ones(8, np.float32) / np.sqrt(8)
+        old = CatalogPoint(vector=v, product_id="a", category="c", fine_category="c", path="/cat/a.jpg", sha256="s",
+                           box=(0, 0, 1, 1), extra={"image_points": 1})
+        store.upsert([old])
+        assert not is_stored(store, "/cat/a.jpg", "s")
+        text = rerank.pack(rerank.catalog_keypoints(product(2)))
+        store.upsert([CatalogPoint(**{**old.__dict__, "extra": {"image_points": 1, rerank.FIELD: text, "keypoints_n": 300}})])
+        assert is_stored(store, "/cat/a.jpg", "s") and not is_stored(store, "/cat/a.jpg", "other")
