@@ -67,7 +67,8 @@
     const link = opts.link ? opts.link(r, i, k) : null;
     const body = [thumb ? el("img", { src: thumb, alt: r.product_id }) : el("div", { class: "g-empty", text: "no image" }),
       el("div", { class: "g-product", text: `${k + 1}. ${r.product_id}` }),
-      el("div", { class: "g-score", text: `score ${fmt(r.score)}` + (r.votes !== undefined ? ` · votes ${fmt(r.votes, 2)}` : "") })];
+      el("div", { class: "g-score", text: `score ${fmt(r.score)}` + (r.votes !== undefined ? ` · votes ${fmt(r.votes, 2)}` : "")
+        + (r.inliers !== undefined && r.inliers !== null ? ` · ${r.inliers} inliers` : "") })];
     return el("figure", { class: "g-card", "data-product-id": r.product_id, title: r.path || "" },
       link ? el("a", { href: link, target: "_blank", rel: "noopener" }, ...body) : el("div", {}, ...body));
   }
