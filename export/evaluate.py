@@ -428,20 +428,21 @@ def geometric_reranking(d: Described, qs: QuerySet, results: dict, catalog_kp: l
     """client.search's re-ranking (client/rerank.py) of the detected and ground-truth boxes' candidates, with
     the client's filter: ranks (``"_ranks"``) and the fusion sweep (export/eval_rerank.py)."""
     out = {}
-    for source in ("detected", GT):
+    for source, filtered in (("detected", POLICY), (GT, POLICY), ("detected", "no filter")):
         if source != GT and d.det is None:
             continue
-        q, qidx, ok, allowed = query_rows(d, source, spec.CATEGORY_FILTER_MIN_SCORE)
+        q, qidx, ok, allowed = query_rows(d, source, spec.CATEGORY_FILTER_MIN_SCORE if filtered == POLICY else None)
         kp = qs.gt_kp if source == GT else [qs.det_kp[j] for j in qidx]
-        base = results["trained embedder, float"][POLICY][source]["_ranks"]
-        out[source] = eval_rerank.source_table(q[EMBEDDINGS][qidx], allowed, d.gallery[EMBEDDINGS], d.gallery[GROUP], d.target,
-                                               ok, base, kp, catalog_kp, f"re-rank ({source})")
+        base = results["trained embedder, float"][filtered][source]["_ranks"]
+        key = source if filtered == POLICY else f"{source}, no category filter"
+        out[key] = eval_rerank.source_table(q[EMBEDDINGS][qidx], allowed, d.gallery[EMBEDDINGS], d.gallery[GROUP], d.target,
+                                            ok, base, kp, catalog_kp, f"re-rank ({key})")
     return out
 
 
 def rerank_sweep(geo: dict, queries: list[Query]) -> dict:
     """R@1 / R@5 by product kind for each fusion setting of the sweep, per box source."""
-    return {f"weight {w}, cap {c}": {f"{src} boxes": by_kind(v["_sweep"][w, c], queries) for src, v in geo.items()}
+    return {f"weight {w}, cap {c}": {f"{src} boxes": by_kind(v["_sweep"][w, c], queries) for src, v in geo.items() if src in ("detected", GT)}
             for w in eval_rerank.SWEEP_WEIGHT for c in eval_rerank.SWEEP_CAP}
 
 
@@ -467,6 +468,8 @@ def headline(results: dict, queries: list[Query], geo: dict) -> dict:
     names = {"detected": "detected boxes, cosine only (client.search --no-rerank)", VALID_ONLY: VALID_ONLY, GT: "ground truth boxes"}
     rows |= {names[src]: by_kind(r["_ranks"], queries) for src, r in results["trained embedder, float"][POLICY].items()}
     rows["ground truth boxes, re-ranked"] = by_kind(geo[GT]["_ranks"], queries)
+    if "detected, no category filter" in geo:
+        rows["detected boxes, re-ranked, no category filter"] = by_kind(geo["detected, no category filter"]["_ranks"], queries)
     rows["ground truth boxes, baseline"] = by_kind(results["off-the-shelf backbone (baseline)"][POLICY][GT]["_ranks"], queries)
     rows["detected boxes, no category filter"] = by_kind(results["trained embedder, float"]["no filter"]["detected"]["_ranks"], queries)
     return rows
