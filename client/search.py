@@ -86,7 +86,12 @@ def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, to
     result = client.infer(data, name)
     # a catalog built with another embedder than the served one cannot be searched (StoreError: what to run)
     store.check_embedder(result.embedder_id, len(result.image_embedding))
-    image = imaging.decode(data) if geometric else None  # the server decoded the same bytes the same way
+    image = None
+    if geometric:
+        try:
+            image = imaging.decode(data)  # the server decoded the same bytes with the same function
+        except imaging.ImageDecodeError:  # not expected after the server read it; then rank by cosine
+            image = None
     out = []
     known: dict[str, bool] = {}
     for obj in select_objects(result):
