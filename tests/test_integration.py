@@ -58,6 +58,25 @@ def test_each_product_in_generated_scenes_is_in_its_objects_top5(client, indexed
     assert found / total >= 0.8, "\n".join(lines)
 
 
+def test_reranking_reorders_the_cosine_candidates_and_can_be_turned_off(client, indexed, demo):
+    """search_image re-ranks the cosine ranking's best rerank.CANDIDATES with the keypoints client.index stored;
+    geometric=False (client.search --no-rerank) is the cosine ranking itself."""
+    data = (demo / "queries" / "scene_0.jpg").read_bytes()
+    with QdrantStore(path=indexed[0]) as store:
+        plain = search_image(data, client, store, top_k=rerank.CANDIDATES, geometric=False)
+        geo = search_image(data, client, store, top_k=rerank.CANDIDATES)
+    assert [o.box for o in plain] == [o.box for o in geo]
+    for p, g in zip(plain, geo):
+        assert all(set(r) == {"product_id", "path", "score"} for r in p.results)
+        scores = [r["score"] for r in p.results]
+        assert scores == sorted(scores, reverse=True)
+        # the same candidates, each with its own cosine, in another order
+        assert {r["product_id"]: r["score"] for r in p.results} == pytest.approx({r["product_id"]: r["cosine"] for r in g.results}, abs=1e-4)
+    # the demo's products are the catalog's own pictures pasted on photos: their layout agrees
+    best = [o.results[0] for o in geo if o.valid]
+    assert best and max(r["inliers"] for r in best) >= rerank.INLIER_CAP
+
+
 def test_ensemble_equals_running_the_onnx_files_directly(client, built, demo):
     from export.pipeline import Pipeline
 
