@@ -5,8 +5,9 @@ Issue 11's benchmark (a benchmark that prints numbers, not a test). In one run, 
 light, 30 % badly degraded frames, a share of clips with two products):
 
 - top-1 product accuracy from one frame: the middle frame of the clip, and the average over the sampled
-  frames (``client.search.search_image`` on each, the object at the product's true box), versus the vote
-  (``client.video.search_video``: the object whose best view overlaps the product's true box in that frame);
+  frames (``client.search.search_image`` on each, as ``client.search`` does it: with its geometric re-ranking;
+  the object at the product's true box), versus the vote (``client.video.search_video``, which votes over the
+  views' cosine hits: the object whose best view overlaps the product's true box in that frame);
 - tracks: per product, how many objects name it at top-1 (two-product clips: both, each once), and the
   objects that match no product (false tracks);
 - time: a 10-second 720p clip (30 fps) answered end to end, median of 3 runs, with the breakdown.

@@ -79,7 +79,7 @@ def is_stored(store: QdrantStore, path: str, sha256: str) -> bool:
     payload lookup: ``keypoints_n`` stands for them). An image indexed before keypoints existed is sent again."""
     stored = store.image_points(path)
     return bool(stored) and all(p.get("sha256") == sha256 for p in stored) \
-        and len(stored) == int(stored[0].get("image_points", len(stored))) and any("keypoints_n" in p for p in stored)
+        and len(stored) == int(stored[0].get("image_points", len(stored))) and any(isinstance(p.get("keypoints_n"), int) for p in stored)
 
 
 def catalog_rows(source: ImageResult | Mapping[str, np.ndarray], *, whole_image: bool = CATALOG_WHOLE_IMAGE) -> list[int]:

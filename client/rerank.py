@@ -11,8 +11,8 @@ images), RANSAC ``AFFINE`` inliers, and
     score = cosine + WEIGHT * min(inliers, INLIER_CAP) / INLIER_CAP
 
 so a product whose layout agrees gains up to WEIGHT, and two candidates that both agree fully keep
-their cosine order (drawn products of one shape that differ by colour). Products without stored
-keypoints (indexed before them) keep their cosine. Settings measured with ``python -m export.evaluate``
+their cosine order (drawn products of one shape that differ by colour). A product without stored
+keypoints (indexed before them) is scored with CHANCE_INLIERS, what an unrelated image gets (``rerank``). Settings measured with ``python -m export.evaluate``
 ("Geometric re-ranking"): every value of WEIGHT 0.1-0.3 and INLIER_CAP 15-30 was within a point of the
 chosen one on two held-out sets.
 """
@@ -36,6 +36,9 @@ CANDIDATES = 20  # products re-scored per object
 WEIGHT = 0.2
 INLIER_CAP = 20
 BOX_PAD = 0.1  # the query box grows by this share of its width and height on each side
+# what an unrelated image typically scores (RANSAC fits 3-6 random matches; the median non-matching candidate
+# on export.evaluate's set has 3-4): a candidate without stored keypoints is scored with it
+CHANCE_INLIERS = 3
 FORMAT = 1  # of pack(): version byte
 
 
@@ -103,23 +106,28 @@ class Rescored:
 
 def rerank(cosines: Sequence[float], stored: Sequence[list[Keypoints]], query: Keypoints) -> list[Rescored]:
     """Candidates (in cosine order, each with the keypoints of its stored views) ordered by ``fused``; a
-    product's inliers are those of its best view. Ties keep the cosine order."""
-    out = []
-    for i, (cos, views) in enumerate(zip(cosines, stored)):
-        if not views:
-            out.append(Rescored(i, float(cos), None, float(cos)))
-            continue
-        n = max(count_inliers(query, v) for v in views) if len(query[0]) else 0
-        out.append(Rescored(i, float(cos), n, float(fused(cos, n))))
+    product's inliers are those of its best view. Ties keep the cosine order.
+
+    Any two images give a few inliers by chance (a RANSAC affine fit of 3-6 random matches), so a candidate
+    without stored keypoints (indexed before them, or a plain image with none) is scored with
+    CHANCE_INLIERS: it does not lose to unrelated products on their chance matches; its ``inliers`` stays
+    None."""
+    counts = [max(count_inliers(query, v) for v in views) if views and len(query[0]) else (0 if views else None)
+              for views in stored]
+    chance = CHANCE_INLIERS if len(query[0]) else 0  # a query without keypoints gives every candidate 0
+    out = [Rescored(i, float(cos), n, float(fused(cos, chance if n is None else n)))
+           for i, (cos, n) in enumerate(zip(cosines, counts))]
     return sorted(out, key=lambda r: (-r.score, r.index))
 
 
 def rerank_hits(hits: list, query: Keypoints, lookup: Callable[[list[str]], dict[str, list[Keypoints]]]) -> list:
-    """Store hits (``.product_id``, ``.score`` = cosine) re-ordered by ``rerank``; each hit's ``score`` becomes
-    the fused score and its payload gains ``cosine`` and ``inliers``. ``lookup``: product ids -> stored
+    """Store hits (``.product_id``, ``.score`` = cosine, best first): the first CANDIDATES re-ordered by
+    ``rerank``, the others after them as they were; each hit's ``score`` becomes the fused score (the cosine
+    for those not re-scored) and its payload gains ``cosine`` and ``inliers``. ``lookup``: product ids -> stored
     keypoints (QdrantStore.keypoints)."""
     if not hits:
         return hits
+    hits, rest = hits[:CANDIDATES], hits[CANDIDATES:]  # below every candidate's fused score: their order stands
     stored = lookup([h.product_id for h in hits])
     order = rerank([h.score for h in hits], [stored.get(h.product_id, []) for h in hits], query)
     out = []
@@ -128,4 +136,6 @@ def rerank_hits(hits: list, query: Keypoints, lookup: Callable[[list[str]], dict
         h.payload = {**h.payload, "cosine": r.cosine, "inliers": r.inliers}
         h.score = r.score
         out.append(h)
-    return out
+    for h in rest:
+        h.payload = {**h.payload, "cosine": h.score, "inliers": None}
+    return out + rest

@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight to Triton for a video's frames (default %(default)s)")
     ap.add_argument("--category", help="search every object within this category instead of its detected one")
     ap.add_argument("--no-category-filter", action="store_true", help="search the whole catalog for every object")
-    ap.add_argument("--no-rerank", action="store_true", help="rank by the embedding's cosine alone (no geometric "
-                    "re-ranking of the best %d products)" % rerank.CANDIDATES)
+    ap.add_argument("--no-rerank", action="store_true", help="photos: rank by the embedding's cosine alone (no geometric "
+                    "re-ranking of the best %d products); a video's votes always use the cosine ranking" % rerank.CANDIDATES)
     ap.add_argument("--json", action="store_true", help='print {"objects": [{"box", "score", "category", "results": [...]}]}; '
                     'a video\'s objects also have "frame", "frames" and results "votes"')
     ap.add_argument("--html", type=Path, help="also write an HTML gallery of the results to this file "

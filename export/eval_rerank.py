@@ -25,13 +25,19 @@ def candidates(sims: np.ndarray, k: int) -> np.ndarray:
 
 def inlier_table(top: np.ndarray, ok: np.ndarray, query_kp: list[Keypoints | None], catalog_kp: list[Keypoints],
                  desc: str) -> np.ndarray:
-    """[n, k] inliers of each query's candidates (0 where the query got no box)."""
+    """[n, k] inliers of each query's candidates (0 where the query got no box or no keypoints); -1 for a
+    catalog image without keypoints, which the client's lookup does not return (rerank.CHANCE_INLIERS)."""
     out = np.zeros(top.shape, int)
     for i in tqdm(np.where(ok)[0], desc=desc, unit="query", leave=False):
         q = query_kp[i]
         if q is not None and len(q[0]):
-            out[i] = [rerank.count_inliers(q, catalog_kp[c]) for c in top[i]]
+            out[i] = [rerank.count_inliers(q, catalog_kp[c]) if len(catalog_kp[c][0]) else -1 for c in top[i]]
     return out
+
+
+def with_missing(inl: np.ndarray) -> np.ndarray:
+    """The counts rerank.rerank scores with: a candidate without keypoints (-1) gets rerank.CHANCE_INLIERS."""
+    return np.where(inl < 0, rerank.CHANCE_INLIERS, inl)
 
 
 def reranked(base_rank: np.ndarray, sims: np.ndarray, top: np.ndarray, inl: np.ndarray, target: np.ndarray,
@@ -39,7 +45,7 @@ def reranked(base_rank: np.ndarray, sims: np.ndarray, top: np.ndarray, inl: np.n
     """Each query's rank after re-scoring its candidates with ``weight`` and ``cap`` (rerank.fused's form);
     a target outside the candidates, or a query without a box, keeps ``base_rank``."""
     cos = np.take_along_axis(sims, top, 1)
-    score = cos + weight * np.minimum(inl, cap) / cap
+    score = cos + weight * np.minimum(with_missing(inl), cap) / cap
     order = np.take_along_axis(top, np.argsort(-score, axis=1, kind="stable"), 1)
     pos = np.where(order == target[:, None], np.arange(1, top.shape[1] + 1)[None], 0).max(1).astype(float)
     return np.where((pos > 0) & np.isfinite(base_rank), pos, base_rank)

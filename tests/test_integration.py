@@ -72,6 +72,8 @@ def test_reranking_reorders_the_cosine_candidates_and_can_be_turned_off(client, 
         assert scores == sorted(scores, reverse=True)
         # the same candidates, each with its own cosine, in another order
         assert {r["product_id"]: r["score"] for r in p.results} == pytest.approx({r["product_id"]: r["cosine"] for r in g.results}, abs=1e-4)
+        for r in g.results:
+            assert r["score"] == pytest.approx(rerank.fused(r["cosine"], r["inliers"]), abs=2e-4)
     # the demo's products are the catalog's own pictures pasted on photos: their layout agrees
     best = [o.results[0] for o in geo if o.valid]
     assert best and max(r["inliers"] for r in best) >= rerank.INLIER_CAP

@@ -74,7 +74,32 @@ def test_the_photographed_product_moves_to_the_top():
     assert order[rerank.rerank(cosines, [stored[j] for j in order], rerank.query_keypoints(photo))[0].index] == 4
 
 
-def test_full_agreement_keeps_the_cosine_order_and_missing_keypoints_keep_their_cosine():
+def test_chance_inliers_do_not_push_down_a_product_without_keypoints():
+    """Unrelated images share a few RANSAC inliers by chance; a product indexed without keypoints is scored
+    with CHANCE_INLIERS, so unrelated products do not overtake it on chance matches alone."""
+    photo, box = photographed(product(30))
+    query = rerank.query_keypoints(photo, box)
+    unrelated = [[rerank.catalog_keypoints(product(s))] for s in range(31, 37)]
+    got = rerank.rerank([0.80] + [0.79] * 6, [[]] + unrelated, query)
+    chance = [r.inliers for r in got if r.inliers is not None]
+    assert max(chance) < rerank.INLIER_CAP // 2 and np.median(chance) <= rerank.CHANCE_INLIERS + 1
+    assert got[0].index == 0 and got[0].inliers is None
+
+
+def test_rerank_hits_scores_only_the_candidates():
+    from client.store import Hit
+
+    hits = [Hit(f"p{i}", "", 0.9 - 0.005 * i, "c", {}) for i in range(rerank.CANDIDATES + 5)]
+    kp = rerank.catalog_keypoints(product(8))
+    photo, box = photographed(product(8))
+    last = hits[rerank.CANDIDATES - 1].product_id  # the 20th by cosine is the photographed product
+    got = rerank.rerank_hits(hits, rerank.query_keypoints(photo, box), lambda ids: {last: [kp]} if last in ids else {})
+    assert got[0].product_id == last and got[0].payload["inliers"] >= rerank.INLIER_CAP
+    assert [h.product_id for h in got[rerank.CANDIDATES:]] == [f"p{i}" for i in range(rerank.CANDIDATES, rerank.CANDIDATES + 5)]
+    assert all(h.payload["inliers"] is None and h.score == h.payload["cosine"] for h in got[rerank.CANDIDATES:])
+
+
+def test_full_agreement_keeps_the_cosine_order():
     img = product(7)
     kp = rerank.catalog_keypoints(img)
     photo, box = photographed(img)
@@ -82,7 +107,9 @@ def test_full_agreement_keeps_the_cosine_order_and_missing_keypoints_keep_their_
     # two catalog images of one layout (colour variants look alike in grey): both agree, cosine decides
     got = rerank.rerank([0.9, 0.8, 0.7], [[kp], [kp], []], query)
     assert [r.index for r in got] == [0, 1, 2]
-    assert got[2].inliers is None and got[2].score == 0.7
+    assert got[0].inliers == got[1].inliers >= rerank.INLIER_CAP
+    # no stored keypoints: scored with what an unrelated image gets by chance, reported as None
+    assert got[2].inliers is None and got[2].score == pytest.approx(rerank.fused(0.7, rerank.CHANCE_INLIERS))
     # a query without keypoints (a flat crop) leaves the cosine order
     flat = rerank.query_keypoints(Image.new("RGB", (100, 100), "grey"))
     assert [r.index for r in rerank.rerank([0.9, 0.8], [[kp], [kp]], flat)] == [0, 1]
