@@ -102,15 +102,13 @@ def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, to
             if obj.category not in known:
                 known[obj.category] = store.count(obj.category) > 0
             cat = obj.category if known[obj.category] else None
-        if image is None:
-            hits = store.search(obj.embedding, category=cat, top_k=top_k)
-            listed = [{"product_id": h.product_id, "path": h.path, "score": round(h.score, 4)} for h in hits]
-        else:
-            hits = store.search(obj.embedding, category=cat, top_k=max(top_k, rerank.CANDIDATES))
+        hits = store.search(obj.embedding, category=cat, top_k=top_k if image is None else max(top_k, rerank.CANDIDATES))
+        if image is not None:
             query = rerank.query_keypoints(image, None if obj.whole_image else obj.box)
             hits = rerank.rerank_hits(hits, query, store.keypoints)[:top_k]
-            listed = [{"product_id": h.product_id, "path": h.path, "score": round(h.score, 4),
-                       "cosine": round(h.payload["cosine"], 4), "inliers": h.payload["inliers"]} for h in hits]
+        listed = [{"product_id": h.product_id, "path": h.path, "score": round(h.score, 4)}
+                  | ({} if image is None else {"cosine": round(h.payload["cosine"], 4), "inliers": h.payload["inliers"]})
+                  for h in hits]
         out.append(ObjectResults(obj.box, obj.score, obj.category, obj.fine_class, obj.whole_image, listed, obj.valid))
     return out
 

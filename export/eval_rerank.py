@@ -67,4 +67,5 @@ def source_table(q: np.ndarray, allowed: np.ndarray | None, gallery: np.ndarray,
     top = candidates(sims, rerank.CANDIDATES)
     inl = inlier_table(top, ok, query_kp, catalog_kp, desc)
     sweep = {(w, c): reranked(base_rank, sims, top, inl, target, w, c) for w in SWEEP_WEIGHT for c in SWEEP_CAP}
-    return {"_ranks": reranked(base_rank, sims, top, inl, target), "_sweep": sweep}
+    served = (rerank.WEIGHT, rerank.INLIER_CAP)
+    return {"_ranks": sweep[served] if served in sweep else reranked(base_rank, sims, top, inl, target), "_sweep": sweep}

@@ -108,6 +108,22 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pos_loss + neg_loss) / pos.sum().clamp(min=1)
 
 
+def feature_dropout(x16: torch.Tensor, x32: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel dropout on the cached stride-16/32 maps (TrainConfig.det_feature_dropout; none at p = 0)."""
+    if p > 0:
+        return F.dropout2d(x16, p), F.dropout2d(x32, p)
+    return x16, x32
+
+
+def step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor) -> float:
+    """One optimiser and scheduler step on ``loss``; returns its value."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: list[np.ndarray], train_idx: np.ndarray,
                    cfg: TrainConfig) -> list[dict]:
     torch.manual_seed(cfg.seed)
@@ -132,8 +148,7 @@ def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: 
                 offset = torch.stack([torch.where(mask[:, 0] > 0, 1 - offset[:, 0], offset[:, 0]), offset[:, 1]], 1)
                 box, region = box.flip(-1), region.flip(-1)
                 box = torch.stack([1 - box[:, 2], box[:, 1], 1 - box[:, 0], box[:, 3]], 1) * region
-            if cfg.det_feature_dropout > 0:
-                x16, x32 = F.dropout2d(x16, cfg.det_feature_dropout), F.dropout2d(x32, cfg.det_feature_dropout)
+            x16, x32 = feature_dropout(x16, x32, cfg.det_feature_dropout)
             logits, psize, poff = head(x16, x32)
             n_pos = mask.sum().clamp(min=1)
             # the size, at every cell of an object's centre region: the box of that size around the object's true
@@ -144,11 +159,7 @@ def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: 
             box_loss = giou_loss(pred.permute(0, 2, 3, 1)[sel], box.permute(0, 2, 3, 1)[sel]).mean() if sel.any() else psize.sum() * 0
             loss = focal_loss(logits, heat) + 5 * (F.l1_loss(psize * mask, size * mask, reduction="sum") / n_pos) \
                 + (F.l1_loss(poff * mask, offset * mask, reduction="sum") / n_pos) + 2 * box_loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(b)
+            total += step(opt, sched, loss) * len(b)
         log.append({"epoch": epoch, "loss": total / len(perm)})
     head.eval()
     return log
@@ -236,16 +247,11 @@ def train_refiner(refiner: BoxRefiner, f16: np.ndarray, f32: np.ndarray, gt: lis
             moved = np.clip(box[b] + rng.uniform(-1, 1, (len(b), 4)).astype(np.float32) * cfg.det_refine_jitter * side, 0, 1)
             moved = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]), np.maximum(moved[:, :2], moved[:, 2:])], 1)
             x16, x32 = torch.from_numpy(f16[image[b]]).float(), torch.from_numpy(f32[image[b]]).float()
-            if cfg.det_feature_dropout > 0:
-                x16, x32 = F.dropout2d(x16, cfg.det_feature_dropout), F.dropout2d(x32, cfg.det_feature_dropout)
+            x16, x32 = feature_dropout(x16, x32, cfg.det_feature_dropout)
             out = refiner(x16, x32, torch.from_numpy(moved)[:, None])[:, 0]
             t = torch.from_numpy(target[b])
             loss = giou_loss(out, t).mean() + 5 * F.l1_loss(out, t)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(b)
+            total += step(opt, sched, loss) * len(b)
         log.append({"epoch": epoch, "loss": total / len(perm)})
     refiner.eval()
     return log
