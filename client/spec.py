@@ -146,8 +146,8 @@ PREPROCESS = ModelSpec(
 )
 DETECTOR = ModelSpec(
     "detector", "onnx", (DET_IMAGE,), (DET_BOXES, DET_SCORES),
-    "Class-agnostic product detector: centre heatmap on an EfficientNet-Lite0 backbone, fixed top-K (no NMS op), "
-    "each box then refined from features sampled around it (grid_sample).",
+    "Class-agnostic product detector: centre heatmap on an EfficientNet-Lite0 backbone, averaged over the image and "
+    "its mirror (flip test), fixed top-K (no NMS op), each box then refined from features sampled around it (grid_sample).",
 )
 CROP = ModelSpec(
     "crop", "onnx", (CROP_SOURCE, Tensor("det_boxes", "FP32", (1, K, 4)), Tensor("det_scores", "FP32", (1, K)), IMAGE_SIZE),

@@ -98,8 +98,12 @@ class DetectorHead(nn.Module):
 
 
 def decode_topk(heat_logits: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed top-K boxes from a centre heatmap: 3x3 max-pool peak picking instead of an NMS op."""
-    heat = torch.sigmoid(heat_logits)
+    """Fixed top-K boxes from a centre heatmap's logits (``decode_peaks`` of their sigmoid)."""
+    return decode_peaks(torch.sigmoid(heat_logits), size, offset, k)
+
+
+def decode_peaks(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed top-K boxes from a centre heatmap of probabilities: 3x3 max-pool peak picking instead of an NMS op."""
     peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
     heat = heat * (peaks == heat).float()
     n, _, h, w = heat.shape
@@ -157,19 +161,41 @@ class BoxRefiner(nn.Module):
         return torch.cat([lo, hi], -1).clamp(0.0, 1.0)
 
 
-class Detector(nn.Module):
-    """The served detector: frozen backbone -> heatmap head -> top-K boxes -> (``refine``) the box refiner."""
+# The served detector averages its maps over the photo and its mirror image (one batch of 2: twice the
+# backbone's compute). Measured with export.evaluate (README, "Flip test for the detector").
+FLIP_TEST = True
 
-    def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS, refine: bool = True) -> None:
+
+class Detector(nn.Module):
+    """The served detector: frozen backbone -> heatmap head -> top-K boxes -> (``refine``) the box refiner.
+    With ``flip_test`` the head also runs on the mirror image, and its heatmap (as probabilities), box sizes
+    and sub-cell offsets (a mirrored x offset o is 1 - o) are averaged with the photo's, flipped back, before
+    the peaks are picked: a peak is scored by both views, so an object one view half sees is not lost and a
+    spurious peak of one view is halved. The refiner then works on the photo's own maps. Training never uses the
+    mirror (the head and refiner are trained on cached maps of the photos); it is a test-time choice only."""
+
+    def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS, refine: bool = True,
+                 flip_test: bool = FLIP_TEST) -> None:
         super().__init__()
         self.backbone = freeze(Backbone(pretrained=pretrained))
         self.head = DetectorHead(self.backbone.c16, self.backbone.c32)
         self.refiner = BoxRefiner(self.backbone.c16, self.backbone.c32) if refine else None
         self.k = k
+        self.flip_test = flip_test
 
     def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f16, f32, _ = self.backbone(det_image)
-        boxes, scores = decode_topk(*self.head(f16, f32), self.k)
+        if not self.flip_test:
+            f16, f32, _ = self.backbone(det_image)
+            boxes, scores = decode_topk(*self.head(f16, f32), self.k)
+        else:
+            n = det_image.shape[0]
+            f16, f32, _ = self.backbone(torch.cat([det_image, det_image.flip(3)], 0))
+            heat, size, off = self.head(f16, f32)
+            mheat, msize, moff = heat[n:].flip(3), size[n:].flip(3), off[n:].flip(3)
+            f16, f32, heat, size, off = f16[:n], f32[:n], heat[:n], size[:n], off[:n]
+            offset = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
+            prob = (torch.sigmoid(heat) + torch.sigmoid(mheat)) / 2
+            boxes, scores = decode_peaks(prob, (size + msize) / 2, offset, self.k)
         if self.refiner is not None:
             boxes = self.refiner(f16, f32, boxes)
         return boxes, scores

@@ -99,19 +99,25 @@ def test_embedder_id_is_the_hash_of_its_weights_in_graph_and_metadata(built):
     assert weights_id(features, changed) != emb_id[0]  # other weights, another id
 
 
-def test_flip_test_detector_boxes_mirror_with_the_photo(torch_models):
-    """bench.detector_flip (measured, not served): on a mirrored photo its boxes are exactly the mirrored boxes
-    and its scores the same, and it differs from the plain detector (it does average something)."""
+def test_served_detector_flip_test_is_mirror_symmetric(torch_models):
+    """The served detector averages its maps over the photo and its mirror image: on a mirrored photo its scores are
+    the same and, before the box refiner (which looks at the photo's own maps), its boxes are exactly the mirrored
+    boxes; and it differs from the detector without the flip test (it does average something)."""
     torch, det, _, _ = torch_models
-    from bench.detector_flip import FlipDetector
-
-    flip = FlipDetector(det).eval()
+    assert det.flip_test
     x = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (2, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8))
-    with torch.no_grad():
-        boxes, scores = flip(x)
-        mboxes, mscores = flip(x.flip(3))
-        plain_boxes, _ = det(x)
+    refiner = det.refiner
+    try:
+        with torch.no_grad():
+            det.refiner = None
+            boxes, scores = det(x)
+            mboxes, mscores = det(x.flip(3))
+            det.flip_test = False
+            plain_boxes, plain_scores = det(x)
+    finally:
+        det.refiner, det.flip_test = refiner, True
     np.testing.assert_allclose(mscores.numpy(), scores.numpy(), atol=1e-5)
     mirrored = torch.stack([1 - boxes[..., 2], boxes[..., 1], 1 - boxes[..., 0], boxes[..., 3]], -1)
     np.testing.assert_allclose(mboxes.numpy(), mirrored.numpy(), atol=1e-4)
+    assert not np.allclose(scores.numpy(), plain_scores.numpy(), atol=1e-4)
     assert not np.allclose(boxes.numpy(), plain_boxes.numpy(), atol=1e-4)
