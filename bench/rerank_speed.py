@@ -32,18 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DIM = 308
 
 
-def _catalog_image(seed: int):
-    from tests.test_rerank import product  # the generated printed products of the re-ranking tests
-
-    return product(seed)
-
-
-def _photo(img, seed: int):
-    from tests.test_rerank import photographed
-
-    return photographed(img, seed)
-
-
 def _folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -75,13 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import cv2
 
+    from tests.test_rerank import photographed, product  # the re-ranking tests' generated printed products
+
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
-    images = [_catalog_image(s) for s in range(40)]
+    images = [product(s) for s in range(40)]
     t = time.perf_counter()
     texts = [rerank.pack(rerank.catalog_keypoints(im)) for im in images]
     index_ms = 1000 * (time.perf_counter() - t) / len(images)
-    photos = [_photo(images[i % len(images)], i) for i in range(args.queries)]
+    photos = [photographed(images[i % len(images)], i) for i in range(args.queries)]
     tmp = Path(tempfile.mkdtemp(prefix="rerank_speed_"))
     try:
         sizes = {}

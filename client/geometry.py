@@ -61,14 +61,13 @@ def matches(a: Keypoints, b: Keypoints, ratio: float, cross_check: bool) -> np.n
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
-def inliers(a: Keypoints, b: Keypoints, *, ratio: float, cross_check: bool, px: float, affine: bool,
-            min_matches: int = 4) -> int:
+def inliers(a: Keypoints, b: Keypoints, *, ratio: float, cross_check: bool, px: float, affine: bool) -> int:
     """Matches of A and B consistent with one RANSAC transform (``affine``: a full affine map, else a
     similarity), within ``px`` pixels of the scaled frame."""
     import cv2
 
     m = matches(a, b, ratio, cross_check)
-    if len(m) < max(min_matches, 3):
+    if len(m) < 4:  # fewer matches than a RANSAC fit needs to leave any out
         return 0
     src, dst = a[0][m[:, 0]], b[0][m[:, 1]]
     fit = cv2.estimateAffine2D if affine else cv2.estimateAffinePartial2D

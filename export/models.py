@@ -184,18 +184,16 @@ class Detector(nn.Module):
         self.flip_test = flip_test
 
     def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.flip_test:
-            f16, f32, _ = self.backbone(det_image)
-            boxes, scores = decode_topk(*self.head(f16, f32), self.k)
-        else:
-            n = det_image.shape[0]
-            f16, f32, _ = self.backbone(torch.cat([det_image, det_image.flip(3)], 0))
-            heat, size, off = self.head(f16, f32)
-            mheat, msize, moff = heat[n:].flip(3), size[n:].flip(3), off[n:].flip(3)
-            f16, f32, heat, size, off = f16[:n], f32[:n], heat[:n], size[:n], off[:n]
-            offset = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
-            prob = (torch.sigmoid(heat) + torch.sigmoid(mheat)) / 2
-            boxes, scores = decode_peaks(prob, (size + msize) / 2, offset, self.k)
+        n = det_image.shape[0]
+        f16, f32, _ = self.backbone(torch.cat([det_image, det_image.flip(3)], 0) if self.flip_test else det_image)
+        heat, size, off = self.head(f16, f32)
+        prob = torch.sigmoid(heat)
+        if self.flip_test:
+            mprob, msize, moff = (t[n:].flip(3) for t in (prob, size, off))
+            f16, f32, prob, size, off = f16[:n], f32[:n], prob[:n], size[:n], off[:n]
+            prob, size = (prob + mprob) / 2, (size + msize) / 2
+            off = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
+        boxes, scores = decode_peaks(prob, size, off, self.k)
         if self.refiner is not None:
             boxes = self.refiner(f16, f32, boxes)
         return boxes, scores
