@@ -61,14 +61,14 @@ def _iou(a, b) -> float:
 def single_frames(path: Path, truth: dict, client, store, frames: int) -> dict:
     """Per product: top-1 correct on each sampled frame (the reported object with the largest overlap with its
     true box there, >= MATCH_IOU), and on the clip's middle frame."""
-    from client import video
+    from client import videoframes
     from client.search import search_image
 
-    indices = video.sample_indices(truth["frame_count"], frames)
+    indices = videoframes.sample_indices(truth["frame_count"], frames)
     middle = truth["frame_count"] // 2
     wanted = sorted(set(indices) | {middle})
     hits = {o["product_id"]: {} for o in truth["objects"]}
-    for f in video.iter_frames(path, skip_similar=0.0, indices=wanted):
+    for f in videoframes.iter_frames(path, skip_similar=0.0, indices=wanted):
         objects = search_image(f.data, client, store, top_k=1, name=f"frame {f.index}")
         for o in truth["objects"]:
             box = o["boxes"][f.index]

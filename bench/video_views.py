@@ -36,11 +36,11 @@ MATCH_IOU = 0.5
 def clip_views(path: Path, truth: dict, client, frames: int) -> list[dict]:
     """Every reported object of the clip's sampled frames: frame, product id (None: clutter), box, embedding,
     and the frame's degradation ("" when clear)."""
-    from client import video
+    from client import video, videoframes
     from client.imaging import box_iou
 
     out = []
-    for f in video.iter_frames(path, skip_similar=0.0, indices=video.sample_indices(truth["frame_count"], frames)):
+    for f in videoframes.iter_frames(path, skip_similar=0.0, indices=videoframes.sample_indices(truth["frame_count"], frames)):
         views, _ = video._views(f, client.infer(f.data, f"frame {f.index}"))
         if not views:
             continue

@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--top-k must be at least 1")
     if args.frames < 1:
         ap.error("--frames must be at least 1")
-    from client import gallery, video
+    from client import gallery, video, videoframes
 
-    kinds = {p: video.is_video(p) for p in args.inputs}
+    kinds = {p: videoframes.is_video(p) for p in args.inputs}
     if args.as_one and any(kinds.values()):
         ap.error(f"--as-one votes over photos; {next(p for p, v in kinds.items() if v)} is a video (its frames are voted already)")
     search = dict(top_k=args.top_k, category=args.category, filter_by_category=not args.no_category_filter)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i, path in enumerate(args.inputs):
                     try:
                         data = path.read_bytes()
-                        frames.append(video.Frame.from_image(i, imaging.decode(data), data=data))
+                        frames.append(videoframes.Frame.from_image(i, imaging.decode(data), data=data))
                     except OSError as exc:
                         fail(1, f"{path}: cannot read: {exc.strerror or exc}")
                     except imaging.ImageDecodeError as exc:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import imaging, video
+from client import imaging, video, videoframes
 from client.result import DetectedObject
 from client.store import Hit
 from export.products import synthetic_products
@@ -46,16 +46,16 @@ def _reference_frames(path: Path) -> list[np.ndarray]:
 # --- decoding and sampling ----------------------------------------------------------------------------
 
 def test_sample_indices_are_even_and_cover_short_clips():
-    assert video.sample_indices(300, 10) == [15, 45, 75, 105, 135, 165, 195, 225, 255, 285]
-    assert video.sample_indices(4, 10) == [0, 1, 2, 3]
-    assert video.sample_indices(1, 3) == [0]
+    assert videoframes.sample_indices(300, 10) == [15, 45, 75, 105, 135, 165, 195, 225, 255, 285]
+    assert videoframes.sample_indices(4, 10) == [0, 1, 2, 3]
+    assert videoframes.sample_indices(1, 3) == [0]
     with pytest.raises(ValueError):
-        video.sample_indices(10, 0)
+        videoframes.sample_indices(10, 0)
 
 
 def test_probe_reads_the_clip_header(clip):
     path, truth = clip
-    info = video.probe(path)
+    info = videoframes.probe(path)
     assert (info.frame_count, info.fps, info.size) == (30, 10.0, (320, 180)) and truth.frame_count == 30
     assert info.duration == pytest.approx(3.0, abs=0.15)
 
@@ -63,8 +63,8 @@ def test_probe_reads_the_clip_header(clip):
 def test_sampled_frames_are_the_frames_at_their_indices(clip):
     path, _ = clip
     ref = _reference_frames(path)
-    frames = list(video.iter_frames(path, 5, skip_similar=0.0))
-    assert [f.index for f in frames] == video.sample_indices(30, 5) == [3, 9, 15, 21, 27]
+    frames = list(videoframes.iter_frames(path, 5, skip_similar=0.0))
+    assert [f.index for f in frames] == videoframes.sample_indices(30, 5) == [3, 9, 15, 21, 27]
     for f in frames:
         got = np.asarray(imaging.decode(f.data).convert("L"), np.float32)
         diffs = [np.abs(got - r).mean() for r in ref]
@@ -74,8 +74,8 @@ def test_sampled_frames_are_the_frames_at_their_indices(clip):
 
 def test_bytes_and_path_give_the_same_frames(clip):
     path, _ = clip
-    a = [(f.index, f.data) for f in video.iter_frames(path, 4)]
-    b = [(f.index, f.data) for f in video.iter_frames(path.read_bytes(), 4)]
+    a = [(f.index, f.data) for f in videoframes.iter_frames(path, 4)]
+    b = [(f.index, f.data) for f in videoframes.iter_frames(path.read_bytes(), 4)]
     assert a == b and len(a) == 4
 
 
@@ -85,8 +85,8 @@ def test_keyframe_seeking_finds_frames_far_into_a_long_gop_clip(tmp_path, monkey
     imgs = [Image.new("RGB", (64, 64), (int(255 * i / 399), 40, 255 - int(255 * i / 399))) for i in range(400)]
     path = tmp_path / "long.mp4"
     write_mp4(path, imgs, fps=10, size=(64, 64))
-    monkeypatch.setattr(video, "SEEK_MIN_GAP", 3.0)
-    frames = list(video.iter_frames(path, 5, skip_similar=0.0))
+    monkeypatch.setattr(videoframes, "SEEK_MIN_GAP", 3.0)
+    frames = list(videoframes.iter_frames(path, 5, skip_similar=0.0))
     assert [f.index for f in frames] == [40, 120, 200, 280, 360]
     for f in frames:
         red = np.asarray(imaging.decode(f.data), np.float32)[..., 0].mean()
@@ -97,9 +97,9 @@ def test_near_identical_frames_are_skipped(tmp_path):
     still = Image.new("RGB", (96, 64), (120, 90, 60))
     path = tmp_path / "still.mp4"
     write_mp4(path, [still] * 20 + [Image.new("RGB", (96, 64), (20, 200, 220))] * 20, fps=10, size=(96, 64))
-    frames = list(video.iter_frames(path, 8))
+    frames = list(videoframes.iter_frames(path, 8))
     assert [f.index for f in frames] == [2, 22]  # one per distinct picture, the first of each run
-    assert len(list(video.iter_frames(path, 8, skip_similar=0.0))) == 8
+    assert len(list(videoframes.iter_frames(path, 8, skip_similar=0.0))) == 8
 
 
 @pytest.mark.parametrize("content, reason", [(b"", "empty"), (b"\x00\x00\x00\x18ftypmp42" + bytes(200), "cannot read video"),
@@ -107,11 +107,11 @@ def test_near_identical_frames_are_skipped(tmp_path):
 def test_unreadable_or_empty_video_is_a_clear_error(tmp_path, content, reason):
     path = tmp_path / "bad.mp4"
     path.write_bytes(content)
-    assert video.is_video(path)  # the suffix decides for what neither Pillow nor PyAV can read
+    assert videoframes.is_video(path)  # the suffix decides for what neither Pillow nor PyAV can read
     with pytest.raises(video.VideoError, match=f"{path}.*{reason}"):
-        list(video.iter_frames(path, 5))
+        list(videoframes.iter_frames(path, 5))
     with pytest.raises(video.VideoError, match=reason):
-        video.probe(content)
+        videoframes.probe(content)
 
 
 def test_truncated_clip_gives_the_frames_before_the_cut(clip, tmp_path):
@@ -120,7 +120,7 @@ def test_truncated_clip_gives_the_frames_before_the_cut(clip, tmp_path):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
     try:
-        frames = list(video.iter_frames(cut, 10))
+        frames = list(videoframes.iter_frames(cut, 10))
     except video.VideoError as exc:  # an MP4 cut before its index: no frame to give, and it says so
         assert str(cut) in str(exc)
     else:
@@ -133,8 +133,8 @@ def test_videos_are_told_from_images_by_content(clip, tmp_path):
     disguised.write_bytes(path.read_bytes())
     photo = tmp_path / "photo.mp4"
     Image.new("RGB", (40, 30), (1, 2, 3)).save(photo, "JPEG")
-    assert video.is_video(path) and video.is_video(disguised) and video.is_video(path.read_bytes())
-    assert not video.is_video(photo) and not video.is_video(photo.read_bytes())
+    assert videoframes.is_video(path) and videoframes.is_video(disguised) and videoframes.is_video(path.read_bytes())
+    assert not videoframes.is_video(photo) and not videoframes.is_video(photo.read_bytes())
 
 
 # --- clip generator -----------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def _unit(v) -> np.ndarray:
 
 
 def _view(frame: int, box, emb, score=0.9, sharp=1.0, expo=1.0, category="drinks", cat_score=0.9) -> video.View:
-    f = video.Frame(frame, b"", (640, 360), np.zeros((2, 2), np.float32))
+    f = videoframes.Frame(frame, b"", (640, 360), np.zeros((2, 2), np.float32))
     obj = DetectedObject(tuple(map(float, box)), score, "bottle", category, cat_score, _unit(emb), False, True, 0)
     return video.View(f, obj, sharp, expo)
 
@@ -328,7 +328,7 @@ def test_photos_of_one_scene_are_voted_together(client, catalog, demo_products, 
 
     product = demo_products[len(demo_products) // 2]
     _clip_of([product], tmp_path / "c.mp4", seed=3, degraded_share=0.0)
-    frames = [imaging.decode(f.data) for f in video.iter_frames(tmp_path / "c.mp4", 3)]
+    frames = [imaging.decode(f.data) for f in videoframes.iter_frames(tmp_path / "c.mp4", 3)]
     with QdrantStore(path=catalog) as store:
         rep = video.search_frames([np.asarray(f) for f in frames], client, store, name="three photos")
     assert rep["frame_count"] == 3 and rep["frames_used"] == [0, 1, 2]
@@ -379,7 +379,7 @@ def test_search_cli_as_one_votes_over_photos(triton, catalog, demo_products, tmp
     product = demo_products[4]
     _clip_of([product], tmp_path / "c.mp4", seed=8, degraded_share=0.0)
     paths = []
-    for f in video.iter_frames(tmp_path / "c.mp4", 3):
+    for f in videoframes.iter_frames(tmp_path / "c.mp4", 3):
         paths.append(tmp_path / f"p{f.index}.jpg")
         paths[-1].write_bytes(f.data)
     bad = tmp_path / "bad.jpg"
