@@ -34,17 +34,16 @@ from client import imaging, rerank, spec
 from client.catalog import CATALOG_WHOLE_IMAGE, catalog_rows
 from client.search import select_rows
 from export import dataset, eval_rerank, repository
-from export.eval_misses import background_clutter, detector_misses, misses_png
+from export.eval_misses import detector_misses, misses_png
+from export.eval_ranks import (CATEGORY, CATEGORY_SCORE, EMBEDDINGS, GROUP, GT, VIEW, Described, by_kind, query_rows,
+                               retrieval_table, source_ranks, summarise)
 from export.eval_report import report
+from export.eval_scenes import TRANSFORM_BINS, Query, QuerySet, run_scenes, select, valid_detections
 from export.pipeline import Pipeline
 from export.products import synthetic_products
-from export.scenes import Backgrounds, make_scene
-from export.train import detection_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-KS = (1, 5, 20)
 BASELINE = "baseline"  # Runner.describe: the off-the-shelf backbone's vectors, next to the spec outputs
-CATEGORY, CATEGORY_SCORE, EMBEDDINGS = spec.CATEGORY.name, spec.CATEGORY_SCORE.name, spec.EMBEDDINGS.name
 
 
 class Runner:
@@ -121,9 +120,6 @@ def gallery_items(sources: dataset.Sources, n_distractors: int, seed: int) -> li
     return items
 
 
-GROUP, VIEW = "_item", "_view"  # gallery arrays: each point's catalog image (item index) and object_index
-
-
 def run_catalog(runner: Runner, items: list[GalleryItem]) -> dict[str, np.ndarray]:
     """Each catalog image's points as the indexer stores them (client.catalog.catalog_rows), with and without
     the whole-image point: ``VIEW`` is the point's object_index, ``GROUP`` its item (sorted, contiguous).
@@ -145,184 +141,6 @@ def catalog_points(gallery: dict[str, np.ndarray], whole_image: bool) -> dict[st
     """The gallery's points as stored with or without the whole-image point (client.catalog.CATALOG_WHOLE_IMAGE)."""
     keep = np.ones(len(gallery[VIEW]), bool) if whole_image else gallery[VIEW] == 0
     return {k: v[keep] for k, v in gallery.items()}
-
-
-@dataclass
-class Query:
-    scene: int
-    product_id: str
-    fine_class: str
-    gt_box: tuple
-    transform: dict
-    background: str
-    clutter: float = 0.0  # background_clutter around the object: how busy its background is
-
-
-@dataclass
-class SceneRows:
-    """What the ensemble gave for one scene (every row) and its ground truth, in original pixels."""
-    boxes: np.ndarray  # [NUM_ROWS, 4]
-    scores: np.ndarray  # [NUM_ROWS]
-    valid: np.ndarray  # [NUM_ROWS]
-    gt: np.ndarray  # [n objects, 4]
-    first: int  # index of its first object in QuerySet.queries
-
-    def outputs(self) -> dict[str, np.ndarray]:
-        return {spec.BOXES.name: self.boxes, spec.SCORES.name: self.scores, spec.VALID.name: self.valid}
-
-
-@dataclass
-class QuerySet:
-    queries: list[Query]  # every object of every scene
-    scenes: list[SceneRows]
-    gt_crops: np.ndarray  # one crop per query, cut at its ground-truth box
-    det_crops: np.ndarray  # every row that overlaps an object (IoU >= MATCH_IOU): what any row policy can match
-    det_crop_of: dict[tuple[int, int], int]  # (scene, row) -> index into det_crops
-    detector: dict  # detection_metrics over the scenes
-    thumbs: list[Image.Image]  # the first scenes, for examples.png
-    gt_kp: list  # per query: rerank.query_keypoints of its scene at its ground-truth box
-    det_kp: list  # per det_crops row: rerank.query_keypoints at that row's box (the whole image for its row)
-
-
-MATCH_IOU = 0.5
-
-
-def match_detections(boxes_px: np.ndarray, scores: np.ndarray, rows: list[int], gt: np.ndarray) -> dict[int, int]:
-    """Ground-truth object -> reported row: ``rows``, highest score first, each to the free object it overlaps
-    most, if IoU >= MATCH_IOU."""
-    taken: dict[int, int] = {}
-    if len(rows) and len(gt):
-        ious = imaging.box_iou(boxes_px[rows], gt)
-        for r in np.argsort(-scores[rows], kind="stable"):
-            j = int(np.argmax(np.where([k in taken for k in range(len(gt))], -1, ious[r])))
-            if ious[r, j] >= MATCH_IOU and j not in taken:
-                taken[j] = rows[r]
-    return taken
-
-
-def valid_detections(sc: SceneRows) -> list[int]:
-    """The rows client.search reported before select_rows: valid detections (never the whole image)."""
-    return [int(r) for r in np.where(sc.valid)[0] if r < spec.MAX_OBJECTS]
-
-
-@dataclass
-class Selection:
-    """One row policy over every scene: which query got a box (and its crop), and what it cost."""
-    found: np.ndarray  # bool per query
-    det_rows: np.ndarray  # per query, its index into QuerySet.det_crops (0 when not found)
-    det_box: np.ndarray  # per query, the reported box it got (original pixels; zeros when not found)
-    boxes: dict  # products that get a box, objects reported per photo, precision of the reported detections
-
-
-def select(qs: QuerySet, policy) -> Selection:
-    """Applies ``policy`` (scene outputs -> reported rows) to every scene, as client.search would."""
-    n = len(qs.queries)
-    found, det_rows, det_box = np.zeros(n, bool), np.zeros(n, int), np.zeros((n, 4), np.float32)
-    cover = {0.5: 0, 0.7: 0}
-    reported = detections = hits = 0
-    for i, sc in enumerate(qs.scenes):
-        rows = policy(sc)
-        reported += len(rows)
-        dets = [r for r in rows if r < spec.MAX_OBJECTS]
-        detections += len(dets)
-        taken = match_detections(sc.boxes, sc.scores, rows, sc.gt)
-        hits += sum(r < spec.MAX_OBJECTS for r in taken.values())
-        for j, r in taken.items():
-            found[sc.first + j], det_rows[sc.first + j], det_box[sc.first + j] = True, qs.det_crop_of[i, r], sc.boxes[r]
-        if len(sc.gt) and rows:
-            best = imaging.box_iou(sc.gt, sc.boxes[rows]).max(1)
-            for t in cover:
-                cover[t] += int((best >= t).sum())
-    boxes = {"products with a box IoU>=0.5": round(float(cover[0.5] / max(n, 1)), 4),
-             "products with a box IoU>=0.7": round(float(cover[0.7] / max(n, 1)), 4),
-             "recall (one box per product, IoU>=0.5)": round(float(found.mean()) if n else 0.0, 4),
-             "precision of reported detections": round(hits / max(detections, 1), 4),
-             "objects per photo": round(reported / max(len(qs.scenes), 1), 3)}
-    return Selection(found, det_rows, det_box, boxes)
-
-
-def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: int) -> QuerySet:
-    rng = np.random.default_rng(seed)
-    bgs = Backgrounds(sources.eval_backgrounds)
-    queries: list[Query] = []
-    scenes: list[SceneRows] = []
-    gt_crops, det_crops, det_crop_of, gt_kp, det_kp = [], [], {}, [], []
-    det_boxes_all, det_scores_all, gt_all, thumbs = [], [], [], []
-    cutter = dataset.CropCutter()
-    for i in tqdm(range(n_scenes), desc="query scenes", unit="scene"):
-        scene = make_scene(sources.held_out, bgs, rng)
-        out = runner.detect(scene.image)
-        src, size = out[spec.CROP_SOURCE.name], out[spec.IMAGE_SIZE.name]
-        gt = np.array([o.box for o in scene.objects], np.float32).reshape(-1, 4)
-        gt_norm = gt / float(max(size))
-        gt_all.append(gt_norm)
-        det_boxes_all.append(out[spec.DET_BOXES.name][0]); det_scores_all.append(out[spec.DET_SCORES.name][0])
-        sc = SceneRows(out[spec.BOXES.name], out[spec.SCORES.name], out[spec.VALID.name].astype(bool), gt, len(queries))
-        scenes.append(sc)
-        if len(gt):
-            gt_crops.append(cutter(src, size, gt_norm))
-            rows = [int(r) for r in np.where(imaging.box_iou(sc.boxes, gt).max(1) >= MATCH_IOU)[0]]
-            det_crop_of.update({(i, r): len(det_crops) + k for k, r in enumerate(rows)})
-            det_crops += list(runner.crops(out, rows)) if rows else []
-            gt_kp += [rerank.query_keypoints(scene.image, b) for b in gt]
-            whole = len(sc.scores) - 1
-            det_kp += [rerank.query_keypoints(scene.image, None if r == whole else sc.boxes[r]) for r in rows]
-        for o in scene.objects:
-            queries.append(Query(i, o.product_id, o.fine_class, o.box, o.transform,
-                                 "procedural" if scene.background == "procedural" else "photo",
-                                 background_clutter(scene.image, o.box, [p.box for p in scene.objects])))
-        if len(thumbs) < 200:
-            thumbs.append(scene.image)
-    empty = np.zeros((0, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)
-    return QuerySet(queries, scenes, np.concatenate(gt_crops), np.stack(det_crops) if det_crops else empty, det_crop_of,
-                    detection_metrics(det_boxes_all, det_scores_all, gt_all), thumbs, gt_kp, det_kp)
-
-
-def ranks(q: np.ndarray, g: np.ndarray, target: np.ndarray, allowed: np.ndarray | None = None, binary: bool = False,
-          groups: np.ndarray | None = None) -> np.ndarray:
-    """Rank (1 = first) of each query's target gallery row; inf when filtered out. Ties count against
-    the query (pessimistic), which matters for binary codes. ``groups``: the gallery row's group (sorted);
-    a group scores its best row, as the store's search groups points by product, and ``target`` is a group."""
-    if binary:
-        qb, gb = np.sign(q) + (q == 0), np.sign(g) + (g == 0)
-        sims = qb @ gb.T  # = D - 2 * hamming
-    else:
-        sims = q @ g.T
-    if allowed is not None:
-        sims = np.where(allowed, sims, -np.inf)
-    if groups is not None:
-        ids, starts = np.unique(groups, return_index=True)
-        sims, target = np.maximum.reduceat(sims, starts, axis=1), np.searchsorted(ids, target)
-    tgt = sims[np.arange(len(q)), target]
-    r = 1 + (sims >= tgt[:, None]).sum(1) - 1
-    r = r.astype(float)
-    r[~np.isfinite(tgt)] = np.inf
-    return r
-
-
-def summarise(r: np.ndarray) -> dict:
-    if len(r) == 0:
-        return {f"R@{k}": float("nan") for k in KS} | {"mAP": float("nan"), "n": 0}
-    out = {f"R@{k}": round(float(np.mean(r <= k)), 4) for k in KS}
-    out["mAP"] = round(float(np.mean(np.where(np.isfinite(r), 1 / r, 0))), 4)  # one relevant item: AP = 1/rank
-    out["n"] = int(len(r))
-    return out
-
-
-TRANSFORM_BINS = {
-    "product": lambda t, q: "photo cutout" if "__" in q.product_id else "drawn",
-    "background": lambda t, q: q.background,
-    "scale": lambda t, q: "small <0.3" if t["scale"] < 0.3 else "medium 0.3-0.45" if t["scale"] < 0.45 else "large >=0.45",
-    "rotation": lambda t, q: "|r|<8" if abs(t["rotation"]) < 8 else "8-16" if abs(t["rotation"]) < 16 else ">=16",
-    "perspective": lambda t, q: "yes" if "perspective" in t else "no",
-    "light": lambda t, q: "dark <0.75" if t["light"] < 0.75 else "bright >1.1" if t["light"] > 1.1 else "normal",
-    "colour": lambda t, q: "shifted" if "colour" in t else "no",
-    "contrast": lambda t, q: "changed" if "contrast" in t else "no",
-    "blur": lambda t, q: "blurred" if "blur" in t else "sharp",
-    "noise": lambda t, q: "noisy" if "noise" in t else "clean",
-    "jpeg": lambda t, q: "q<50" if t.get("jpeg", 100) < 50 else "q>=50",
-    "occlusion": lambda t, q: "occluded" if "occlusion" in t else "no",
-}
 
 
 @dataclass
@@ -348,62 +166,6 @@ def load_setup(args) -> Setup:
     per_class = args.synthetic_per_class or log["data"]["synthetic_per_class"]
     dcfg = dataset.DataConfig(synthetic_per_class=per_class, photoset=photoset, seed=log["data"]["seed"])
     return Setup(log, photoset, dataset.load_sources(dcfg), log["category_merge"]["merge_map"])
-
-
-@dataclass
-class Described:
-    """The gallery and the queries through the classifier and the embedders (Runner.describe)."""
-    gallery: dict[str, np.ndarray]  # the catalog's points as client.catalog stores them (GROUP: their image)
-    gt: dict[str, np.ndarray]  # query crops at ground-truth boxes
-    det: dict[str, np.ndarray] | None  # query crops at detected boxes (QuerySet.det_crops; None: nothing detected)
-    target: np.ndarray  # each query's catalog image (gallery GROUP)
-    selections: dict[str, Selection]  # box source ("detected": client.search's rows) -> which queries got a box
-
-    def with_gallery(self, gallery: dict[str, np.ndarray]) -> "Described":
-        return Described(gallery, self.gt, self.det, self.target, self.selections)
-
-    def item_category(self) -> np.ndarray:
-        """The category of each catalog image (its first point's)."""
-        return self.gallery[CATEGORY][np.unique(self.gallery[GROUP], return_index=True)[1]]
-
-
-GT = "ground truth"
-
-
-def source_ranks(d: Described, source: str, space: str, filtered: float | None, binary: bool = False) -> np.ndarray:
-    """Each query's rank with the boxes of ``source`` (GT or a key of d.selections) in embedding ``space``.
-    filtered: None = whole gallery; tau = search within the query's predicted category when its
-    category_score >= tau (0 = always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
-    n = len(d.target)
-    if source != GT and d.det is None:
-        return np.full(n, np.inf)
-    q, qidx, ok, allowed = query_rows(d, source, filtered)
-    r = ranks(q[space][qidx], d.gallery[space], d.target, allowed, binary, groups=d.gallery[GROUP])
-    r[~ok] = np.inf
-    return r
-
-
-def query_rows(d: Described, source: str, filtered: float | None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(the described crops of ``source``, each query's row in them, whether it got a box, the category filter's
-    allowed [query, gallery point] mask or None)."""
-    n = len(d.target)
-    if source == GT:
-        q, qidx, ok = d.gt, np.arange(n), np.ones(n, bool)
-    else:
-        q, qidx, ok = d.det, d.selections[source].det_rows, d.selections[source].found
-    allowed = None
-    if filtered is not None:
-        allowed = (d.gallery[CATEGORY][None, :] == q[CATEGORY][qidx][:, None]) | (q[CATEGORY_SCORE][qidx] < filtered)[:, None]
-    return q, qidx, ok, allowed
-
-
-def retrieval_table(d: Described, space: str, filtered: float | None, binary: bool = False) -> dict:
-    """Per box source (every selection, then ground truth), the summary and ranks of every query."""
-    res = {}
-    for source in (*d.selections, GT):
-        r = source_ranks(d, source, space, filtered, binary)
-        res[source] = summarise(r) | {"_ranks": r}
-    return res
 
 
 def retrieval_metrics(d: Described) -> tuple[dict, dict]:
@@ -448,17 +210,6 @@ def rerank_sweep(geo: dict, queries: list[Query]) -> dict:
 
 VALID_ONLY = "detected, valid rows only (before)"
 POLICY = f"category filter if score >= {spec.CATEGORY_FILTER_MIN_SCORE} (client.search)"
-KINDS = {"all": lambda q: True, "real photo": lambda q: "__" in q.product_id, "drawn": lambda q: "__" not in q.product_id}
-
-
-def by_kind(r: np.ndarray, queries: list[Query]) -> dict:
-    """R@1 and R@5 of ranks ``r`` over every query, the real-photo products and the drawn ones."""
-    out = {}
-    for kind, fn in KINDS.items():
-        ix = np.array([fn(q) for q in queries], bool)
-        out[kind] = {"R@1": round(float(np.mean(r[ix] <= 1)), 4) if ix.any() else None,
-                     "R@5": round(float(np.mean(r[ix] <= 5)), 4) if ix.any() else None, "n": int(ix.sum())}
-    return out
 
 
 def headline(results: dict, queries: list[Query], geo: dict) -> dict:
