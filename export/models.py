@@ -164,6 +164,38 @@ class BoxRefiner(nn.Module):
 # The served detector averages its maps over the photo and its mirror image (one batch of 2: twice the
 # backbone's compute). Measured with export.evaluate (README, "Flip test for the detector").
 FLIP_TEST = True
+# ... and looks again at the photo upsampled to SECOND_SCALE px (0: off; (416/320)^2 = 1.7 more backbone passes):
+# its boxes join the candidates with their scores times SECOND_SCALE_WEIGHT, so they mostly fill the weak rows the
+# client reports as extra objects rather than pass the detector's threshold on their own (alone, that scale's scores
+# are less precise: precision 0.75 at the threshold against 0.85). README, "A second test scale".
+SECOND_SCALE = 416
+SECOND_SCALE_WEIGHT = 0.35
+MERGE_IOU = 0.5  # a candidate overlapping a higher-scored kept one by more than this is the same object
+
+
+def pairwise_iou(b: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair of boxes [n, m, 4] (x1, y1, x2, y2) -> [n, m, m]."""
+    lo = torch.maximum(b[:, :, None, :2], b[:, None, :, :2])
+    hi = torch.minimum(b[:, :, None, 2:], b[:, None, :, 2:])
+    inter = (hi - lo).clamp(min=0).prod(-1)
+    area = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    return inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-9)
+
+
+def merge_boxes(b1: torch.Tensor, s1: torch.Tensor, b2: torch.Tensor, s2: torch.Tensor, k: int,
+                iou: float = MERGE_IOU) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``k`` of two sets of candidates [n, m, 4] / [n, m] by greedy suppression: in score order a box is kept
+    unless it overlaps a kept one by more than ``iou``. A fixed number of tensor steps (an ONNX graph, no NMS op);
+    suppressed boxes score 0, so when fewer than ``k`` are kept the remaining rows are invalid."""
+    s, order = torch.cat([s1, s2], 1).sort(dim=1, descending=True)
+    b = torch.cat([b1, b2], 1).gather(1, order.unsqueeze(2).expand(-1, -1, 4))
+    m = b.shape[1]
+    over = (pairwise_iou(b) > iou) & torch.ones(m, m, dtype=torch.bool, device=b.device).triu(1)
+    keep = torch.ones_like(s, dtype=torch.bool)
+    for i in range(m):
+        keep = keep & ~(keep[:, i:i + 1] & over[:, i, :])
+    s, top = (s * keep.float()).topk(k, dim=1)
+    return b.gather(1, top.unsqueeze(2).expand(-1, -1, 4)), s
 
 
 class Detector(nn.Module):
@@ -171,17 +203,30 @@ class Detector(nn.Module):
     With ``flip_test`` the head also runs on the mirror image, and its heatmap (as probabilities), box sizes
     and sub-cell offsets (a mirrored x offset o is 1 - o) are averaged with the photo's, flipped back, before
     the peaks are picked: a peak is scored by both views, so an object one view half sees is not lost and a
-    spurious peak of one view is halved. The refiner then works on the photo's own maps. Training never uses the
-    mirror (the head and refiner are trained on cached maps of the photos); it is a test-time choice only."""
+    spurious peak of one view is halved. The refiner then works on the photo's own maps. With ``second_scale`` the
+    same head and refiner also look at the photo upsampled to that side (objects larger against the backbone's
+    strides); those boxes, their sizes scaled back and their scores times ``second_weight``, are merged with the
+    first ones (``merge_boxes``). Training never uses the mirror or the second scale (the head and refiner are trained
+    on cached maps of the photos at DET_SIZE); both are test-time choices only."""
 
     def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS, refine: bool = True,
-                 flip_test: bool = FLIP_TEST) -> None:
+                 flip_test: bool = FLIP_TEST, second_scale: int = SECOND_SCALE,
+                 second_weight: float = SECOND_SCALE_WEIGHT) -> None:
         super().__init__()
         self.backbone = freeze(Backbone(pretrained=pretrained))
         self.head = DetectorHead(self.backbone.c16, self.backbone.c32)
         self.refiner = BoxRefiner(self.backbone.c16, self.backbone.c32) if refine else None
         self.k = k
         self.flip_test = flip_test
+        self.second_scale, self.second_weight = second_scale, second_weight
+
+    def _boxes(self, f16: torch.Tensor, f32: torch.Tensor, prob: torch.Tensor, size: torch.Tensor,
+               off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-K peaks of one scale's maps, refined on that scale's features."""
+        boxes, scores = decode_peaks(prob, size, off, self.k)
+        if self.refiner is not None:
+            boxes = self.refiner(f16, f32, boxes)
+        return boxes, scores
 
     def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = det_image.shape[0]
@@ -193,9 +238,13 @@ class Detector(nn.Module):
             f16, f32, prob, size, off = f16[:n], f32[:n], prob[:n], size[:n], off[:n]
             prob, size = (prob + mprob) / 2, (size + msize) / 2
             off = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
-        boxes, scores = decode_peaks(prob, size, off, self.k)
-        if self.refiner is not None:
-            boxes = self.refiner(f16, f32, boxes)
+        boxes, scores = self._boxes(f16, f32, prob, size, off)
+        if self.second_scale:  # box sizes are learned at DET_SIZE: scaled back by DET_SIZE / side
+            up = F.interpolate(det_image.float(), size=(self.second_scale,) * 2, mode="bilinear", align_corners=False)
+            g16, g32, _ = self.backbone(up)
+            heat, size, off = self.head(g16, g32)
+            b2, s2 = self._boxes(g16, g32, torch.sigmoid(heat), size * (spec.DET_SIZE / self.second_scale), off)
+            boxes, scores = merge_boxes(boxes, scores, b2, s2 * self.second_weight, self.k)
         return boxes, scores
 
 

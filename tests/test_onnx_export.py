@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from client import spec
+from client import imaging, spec
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADS = ROOT / "data" / "build" / "heads_quick.pt"
@@ -102,22 +102,71 @@ def test_embedder_id_is_the_hash_of_its_weights_in_graph_and_metadata(built):
 def test_served_detector_flip_test_is_mirror_symmetric(torch_models):
     """The served detector averages its maps over the photo and its mirror image: on a mirrored photo its scores are
     the same and, before the box refiner (which looks at the photo's own maps), its boxes are exactly the mirrored
-    boxes; and it differs from the detector without the flip test (it does average something)."""
+    boxes; and it differs from the detector without the flip test (it does average something). The second test
+    scale is off here: it looks at the photo alone."""
     torch, det, _, _ = torch_models
     assert det.flip_test
     x = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (2, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8))
-    refiner = det.refiner
+    refiner, second = det.refiner, det.second_scale
     try:
         with torch.no_grad():
-            det.refiner = None
+            det.refiner, det.second_scale = None, 0
             boxes, scores = det(x)
             mboxes, mscores = det(x.flip(3))
             det.flip_test = False
             plain_boxes, plain_scores = det(x)
     finally:
-        det.refiner, det.flip_test = refiner, True
+        det.refiner, det.flip_test, det.second_scale = refiner, True, second
     np.testing.assert_allclose(mscores.numpy(), scores.numpy(), atol=1e-5)
     mirrored = torch.stack([1 - boxes[..., 2], boxes[..., 1], 1 - boxes[..., 0], boxes[..., 3]], -1)
     np.testing.assert_allclose(mboxes.numpy(), mirrored.numpy(), atol=1e-4)
     assert not np.allclose(scores.numpy(), plain_scores.numpy(), atol=1e-4)
     assert not np.allclose(boxes.numpy(), plain_boxes.numpy(), atol=1e-4)
+
+
+def test_merge_boxes_keeps_the_best_of_each_object():
+    """Greedy suppression over two candidate sets: in score order, a box overlapping a kept one by more than the
+    threshold scores 0; the best k come out in score order, from either set."""
+    torch = pytest.importorskip("torch")
+    from export.models import merge_boxes
+
+    b1 = torch.tensor([[[0.1, 0.1, 0.4, 0.4], [0.6, 0.6, 0.9, 0.9], [0.11, 0.1, 0.41, 0.4]]])
+    s1 = torch.tensor([[0.9, 0.2, 0.5]])  # the third is the first again, weaker
+    b2 = torch.tensor([[[0.6, 0.61, 0.9, 0.9], [0.0, 0.5, 0.2, 0.9], [0.1, 0.1, 0.4, 0.42]]])
+    s2 = torch.tensor([[0.3, 0.25, 0.95]])  # the first is object 2 again, stronger; the third object 1, strongest
+    boxes, scores = merge_boxes(b1, s1, b2, s2, k=4)
+    np.testing.assert_allclose(scores[0].numpy(), [0.95, 0.3, 0.25, 0.0])
+    np.testing.assert_allclose(boxes[0, :3].numpy(), [[0.1, 0.1, 0.4, 0.42], [0.6, 0.61, 0.9, 0.9], [0.0, 0.5, 0.2, 0.9]])
+    boxes, scores = merge_boxes(b1, s1, b2, s2 * 0, k=3)  # a second set scored 0 leaves the first's own best per object
+    np.testing.assert_allclose(scores[0].numpy(), [0.9, 0.2, 0.0])
+    np.testing.assert_allclose(boxes[0, :2].numpy(), b1[0, :2].numpy())
+
+
+def test_served_detector_second_scale_adds_boxes_without_duplicates(torch_models):
+    """The second test scale changes the served detector's rows; its merged rows are in score order and no two of
+    those it scores above 0 overlap by more than MERGE_IOU; and the rows the photo's own scale gives that survive
+    the merge are still there, with their scores."""
+    torch, det, _, _ = torch_models
+    from export.models import MERGE_IOU
+
+    assert det.second_scale and 0 < det.second_weight < 1
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.integers(0, 256, (3, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8))
+    second = det.second_scale
+    try:
+        with torch.no_grad():
+            boxes, scores = det(x)
+            det.second_scale = 0
+            one_boxes, one_scores = det(x)
+    finally:
+        det.second_scale = second
+    assert not np.allclose(scores.numpy(), one_scores.numpy(), atol=1e-4)
+    for b, s, ob, os_ in zip(boxes.numpy(), scores.numpy(), one_boxes.numpy(), one_scores.numpy()):
+        assert np.all(np.diff(s) <= 1e-7)
+        live = b[s > 0]
+        iou = imaging.box_iou(live, live)
+        assert np.all(iou[np.triu_indices(len(live), 1)] <= MERGE_IOU + 1e-6)
+        for box, score in zip(ob, os_):  # each first-scale row is kept, or overlaps a kept row that scores higher
+            same = np.all(np.abs(b - box) < 1e-6, axis=1) & (np.abs(s - score) < 1e-6)
+            near = (imaging.box_iou(box[None], b)[0] > MERGE_IOU) & (s >= score - 1e-6)
+            assert same.any() or near.any() or score <= s[-1] + 1e-6
