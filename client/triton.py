@@ -5,8 +5,9 @@ named in client/spec.py (a server built from another spec fails then, not mid-ba
 row count and embedding size are read from that config.
 
 Every request goes through ``RetrievalClient.call``. A server that is unreachable (UNAVAILABLE: down,
-restarting) or too slow (DEADLINE_EXCEEDED) is retried with exponential backoff and full jitter for up
-to ``retry_seconds`` (default $TRITON_RETRY_SECONDS or 30 s) before ``ServerUnavailable``; the gRPC
+restarting) or too slow (DEADLINE_EXCEEDED), or whose model process failed (INTERNAL "Stub process ... is not
+healthy": the local server then goes down and its supervisor starts it again, deploy/local.py), is retried with
+exponential backoff and full jitter for up to ``retry_seconds`` (default $TRITON_RETRY_SECONDS or 30 s) before ``ServerUnavailable``; the gRPC
 channel itself reconnects within ~2 s once the server is back. Inference is a pure function of the
 image, so a retried request is safe.
 """
@@ -46,6 +47,12 @@ class BadImage(TritonError):
 
 DEFAULT_RETRY_SECONDS = 30.0
 RETRY_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # grpc.StatusCode names worth another attempt
+RETRY_INTERNAL = ("is not healthy",)  # INTERNAL errors that a retry can outlive: a model's Python process failed
+
+
+def retryable(status: str, message: str) -> bool:
+    """Whether a failed request is worth another attempt (the server is down, slow, or a model process failed)."""
+    return any(s in status for s in RETRY_STATUSES) or ("INTERNAL" in status and any(m in message for m in RETRY_INTERNAL))
 FIRST_DELAY, MAX_DELAY = 0.1, 5.0  # backoff: 0.1, 0.2, 0.4 ... 5 s (before jitter)
 
 
@@ -132,8 +139,9 @@ class RetrievalClient:
 
     def call(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], name: str = "<bytes>") -> dict[str, np.ndarray]:
         """One request to any served model (the ensemble or one of its steps), by tensor name. The server's
-        INVALID_ARG becomes BadImage (about ``name``); UNAVAILABLE and DEADLINE_EXCEEDED are retried with
-        backoff (``backoff_delays``) for up to ``retry_seconds``, then ServerUnavailable."""
+        INVALID_ARG becomes BadImage (about ``name``); UNAVAILABLE, DEADLINE_EXCEEDED and a model process that
+        failed (``retryable``) are retried with backoff (``backoff_delays``) for up to ``retry_seconds``, then
+        ServerUnavailable."""
         ins = []
         for key, arr in inputs.items():
             t = grpcclient.InferInput(key, list(arr.shape), np_to_triton_dtype(arr.dtype))
@@ -153,7 +161,7 @@ class RetrievalClient:
                 msg = (exc.message() or str(exc)).removeprefix(f"in ensemble '{model}', ")
                 if "INVALID_ARG" in status:
                     raise BadImage(f"{name}: {msg}") from exc
-                if not any(s in status for s in RETRY_STATUSES):
+                if not retryable(status, msg):
                     raise TritonError(f"{name}: {model} failed: {msg}") from exc
                 delay = next(delays)
                 waited = time.monotonic() - start

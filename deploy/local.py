@@ -6,12 +6,18 @@ model_repository/ also serves unchanged on the NGC image's native onnxruntime ba
 127.0.0.1, waits for readiness, logs to a file, stops by PID and removes the Python backend's
 shared-memory files that no live process maps any more. Qdrant needs no process here: the embedded
 engine runs inside the client (see client/store/).
+
+``up`` also starts a supervisor (``python -m deploy.local supervise``, unless ``--no-supervise``) that starts
+the server again on the same ports when it exits without ``down``: in this Triton (2.51) a Python-backend stub
+that stalls (a paused VM, a stopped process) is declared unhealthy and the server then aborts, and the Python
+backend no longer restarts stubs itself. Clients retry while it comes back (client/triton.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -152,13 +158,20 @@ class ServerState:
         return f"127.0.0.1:{self.grpc_port}"
 
 
+RESTART_LIMIT = 5  # the supervisor gives up after this many restarts ...
+RESTART_WINDOW = 600.0  # ... within this many seconds (a server that cannot stay up needs a person)
+SUPERVISE_INTERVAL = 1.0  # seconds between the supervisor's looks at the server
+
+
 class LocalTriton:
-    """One local tritonserver, described by ``state_dir/server.json``."""
+    """One local tritonserver, described by ``state_dir/server.json`` (and its supervisor by
+    ``state_dir/supervisor.pid``)."""
 
     def __init__(self, state_dir: Path = DEFAULT_STATE, repository: Path = ROOT / "model_repository"):
         self.state_dir = Path(state_dir)
         self.repository = Path(repository)
         self.state_file = self.state_dir / "server.json"
+        self.supervisor_file = self.state_dir / "supervisor.pid"
 
     def state(self) -> ServerState | None:
         if not self.state_file.exists():
@@ -226,7 +239,68 @@ class LocalTriton:
             delay = min(delay * 1.5, 0.5)
         raise DeployError(f"tritonserver not ready after {timeout:.0f} s; last lines of {st.log}:\n{tail(st.log)}")
 
+    def supervisor_pid(self) -> int | None:
+        try:
+            pid = int(self.supervisor_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def start_supervisor(self, env: dict[str, str] | None = None) -> int:
+        """Starts ``python -m deploy.local supervise`` for this server (detached; one per state dir)."""
+        pid = self.supervisor_pid()
+        if pid:
+            return pid
+        cmd = [sys.executable, "-m", "deploy.local", "supervise", f"--state-dir={self.state_dir}", f"--repository={self.repository}"]
+        with open(self.state_dir / "supervisor.log", "ab") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ if env is None else env),
+                                    start_new_session=True, cwd=ROOT)
+        self.supervisor_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def supervise(self, interval: float = SUPERVISE_INTERVAL, limit: int = RESTART_LIMIT, window: float = RESTART_WINDOW) -> int:
+        """Watches the server until ``down`` removes its state; starts it again on the same ports when it exits
+        on its own (at most ``limit`` times in ``window`` seconds). Returns the number of restarts."""
+        restarts: list[float] = []
+        stopping = []  # SIGTERM from down: finish a start-up in progress (its state is written), then leave
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+        while True:
+            st = self.state()
+            if st is None or stopping:  # down: nothing to watch
+                return len(restarts)
+            if not _alive(st.pid):
+                now = time.time()
+                restarts = [t for t in restarts if now - t < window] + [now]
+                if len(restarts) > limit:
+                    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tritonserver exited {len(restarts)} times in "
+                          f"{window:.0f} s; not starting it again (see {st.log})", flush=True)
+                    return len(restarts) - 1
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tritonserver (pid {st.pid}) exited without `down`; "
+                      f"starting it again on port {st.grpc_port}; from the end of {st.log}:\n{last_words(st.log)}", flush=True)
+                self.state_file.unlink(missing_ok=True)
+                cleanup_shm()
+                try:
+                    new = self.up(st.grpc_port, st.http_port, st.metrics_port)
+                    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tritonserver ready again, pid {new.pid}", flush=True)
+                except DeployError as exc:
+                    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} could not start tritonserver again: {exc}", flush=True)
+                    self.state_file.write_text(json.dumps(asdict(st)))  # keep watching: try again next time
+            time.sleep(interval)  # the supervisor's polling interval
+
+    def _stop_supervisor(self, timeout: float = 10.0) -> None:
+        pid = self.supervisor_pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.time() + timeout
+            while _alive(pid) and time.time() < deadline:
+                time.sleep(0.05)
+        self.supervisor_file.unlink(missing_ok=True)
+
     def down(self, timeout: float = 30.0) -> bool:
+        self._stop_supervisor()
         st = self.state()
         if st is None:
             cleanup_shm()
@@ -253,7 +327,7 @@ class LocalTriton:
         st = self.state()
         if st is None:
             return {"running": False}
-        info = {"running": _alive(st.pid), **asdict(st)}
+        info = {"running": _alive(st.pid), **asdict(st), "supervisor": self.supervisor_pid()}
         if info["running"]:
             import tritonclient.grpc as grpcclient
 
@@ -274,6 +348,12 @@ def tail(path: str, lines: int = 30) -> str:
         return "(no log)"
 
 
+def last_words(path: str, lines: int = 40) -> str:
+    """The end of a server log without its stack-trace frames (``12# 0x... in lib``): what it said before exiting."""
+    kept = [ln for ln in tail(path, lines).splitlines() if ln.strip() and not re.match(r"\s*\d+# ", ln)]
+    return "\n".join(kept[-6:])
+
+
 def _default_grpc_port() -> int:
     url = os.environ.get("TRITON_URL", spec.DEFAULT_TRITON_URL)
     return int(url.rsplit(":", 1)[-1])
@@ -281,13 +361,14 @@ def _default_grpc_port() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["up", "down", "status"])
+    ap.add_argument("command", choices=["up", "down", "status", "supervise"])
     ap.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="pid file, log and backends (default: %(default)s)")
     ap.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--grpc-port", type=int, default=None, help="default: the port of $TRITON_URL, else 8001")
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--timeout", type=float, default=180.0)
+    ap.add_argument("--no-supervise", action="store_true", help="up: do not start the supervisor that restarts a server that exits")
     args = ap.parse_args(argv)
     server = LocalTriton(args.state_dir, args.repository)
     try:
@@ -296,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
             st = server.up(args.grpc_port or _default_grpc_port(), args.http_port, args.metrics_port, args.timeout)
             print(f"tritonserver ready at {st.grpc_url} (gRPC), 127.0.0.1:{st.http_port} (HTTP), "
                   f"127.0.0.1:{st.metrics_port} (metrics) in {time.time() - t:.1f} s; pid {st.pid}; log {st.log}")
+            if not args.no_supervise:
+                print(f"supervisor pid {server.start_supervisor()}: starts it again if it exits without `down` "
+                      f"(log {server.state_dir / 'supervisor.log'})")
+        elif args.command == "supervise":
+            server.supervise()
         elif args.command == "down":
             print("tritonserver stopped" if server.down() else "no tritonserver was running")
         else:

@@ -20,7 +20,7 @@ import pytest
 
 from client.catalog import index_folder
 from client.store import CatalogPoint, QdrantStore
-from client.triton import RetrievalClient, ServerUnavailable, backoff_delays
+from client.triton import RetrievalClient, ServerUnavailable, backoff_delays, retryable
 from deploy.local import LocalTriton, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +98,14 @@ def test_backoff_grows_to_its_cap_with_full_jitter():
     assert len({round(d, 6) for d in got}) == 12 and max(got[6:]) > 0.5  # jittered, and grown
 
 
+def test_which_failures_are_retried():
+    assert retryable("StatusCode.UNAVAILABLE", "failed to connect to all addresses")
+    assert retryable("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded")
+    assert retryable("StatusCode.INTERNAL", "Stub process 'detector_0_1' is not healthy.")
+    assert not retryable("StatusCode.INTERNAL", "onnxruntime: shape mismatch")  # a model error is not outlived by waiting
+    assert not retryable("StatusCode.INVALID_ARGUMENT", "Stub process 'x' is not healthy.")
+
+
 def test_triton_killed_and_restarted_during_index(built, catalog, expected, tmp_path):
     server = LocalTriton(tmp_path / "triton", built)
     ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
@@ -127,6 +135,57 @@ def test_triton_killed_and_restarted_during_index(built, catalog, expected, tmp_
     assert re.search(r"^\d+ request\(s\) were sent again after the server did not answer$", err, re.M), err
     print(out, err.splitlines()[-1], sep="")
     assert stored(store) == expected  # nothing lost, nothing twice
+
+
+def _stub_pid(model_instance: str) -> int:
+    """The pid of the Python-backend stub process serving ``model_instance`` (e.g. "detector_0_1")."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"triton_python_backend_stub") and model_instance.encode() in args:
+            return int(cmdline.parent.name)
+    pytest.fail(f"no stub process for {model_instance}")
+
+
+def test_the_supervisor_brings_the_server_back_after_a_crash_and_a_stalled_model(built, catalog, tmp_path):
+    """`deploy.local up` starts a supervisor. (1) tritonserver SIGKILLed: it is started again on the same ports and
+    a client with retries answers through it. (2) The failure met on a paused VM: one detector stub stopped for 20 s.
+    This Triton declares the stub unhealthy, fails its requests (INTERNAL "... is not healthy", which the client
+    retries) and then aborts; every request is answered all the same. (3) After `down` nothing comes back."""
+    server = LocalTriton(tmp_path / "triton", built)
+    ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    st = server.up(**ports, timeout=240)
+    photo = next(catalog.rglob("*.jpg")).read_bytes()
+    try:
+        supervisor = server.start_supervisor()
+        assert server.supervisor_pid() == supervisor
+        with RetrievalClient(st.grpc_url, retry_seconds=120.0) as client:
+            client.infer(photo, "before")
+            os.killpg(st.pid, signal.SIGKILL)
+            wait_for(lambda: (server.state() or st).pid != st.pid, 60, "the supervisor to start a new server")
+            assert client.infer(photo, "after the kill").objects
+            second = server.state()
+            assert second.grpc_port == st.grpc_port and second.pid != st.pid
+            stub = _stub_pid("detector_0_1")
+            os.kill(stub, signal.SIGSTOP)
+            answered = []
+            try:
+                t = time.monotonic()
+                while time.monotonic() - t < 20:  # requests keep coming while the stub is stopped
+                    answered.append(bool(client.infer(photo, "during the stall").objects))
+            finally:
+                os.kill(stub, signal.SIGCONT)
+            answered += [bool(client.infer(photo, f"after the stall {i}").objects) for i in range(6)]
+            assert answered and all(answered)
+        print(f"{len(answered)} requests answered across the stall; server pid {st.pid} -> {second.pid} -> "
+              f"{server.state().pid}; supervisor log:\n{(server.state_dir / 'supervisor.log').read_text()}")
+    finally:
+        server.down()
+    assert server.supervisor_pid() is None and server.state() is None
+    time.sleep(2 * 1.0)  # two supervisor intervals: nothing may start the server again after down
+    assert server.state() is None and not server.status()["running"]
 
 
 def test_index_process_killed_and_started_again(triton, catalog, expected, tmp_path):
