@@ -8,9 +8,10 @@ shared-memory files that no live process maps any more. Qdrant needs no process 
 engine runs inside the client (see client/store/).
 
 ``up`` also starts a supervisor (``python -m deploy.local supervise``, unless ``--no-supervise``) that starts
-the server again on the same ports when it exits without ``down``: in this Triton (2.51) a Python-backend stub
-that stalls (a paused VM, a stopped process) is declared unhealthy and the server then aborts, and the Python
-backend no longer restarts stubs itself. Clients retry while it comes back (client/triton.py).
+the server again on the same ports when it exits without ``down`` or loses one of its stub processes: in this
+Triton (2.51) a Python-backend stub that stalls (a paused VM, a stopped process) is declared unhealthy and the
+server then aborts, a stub that dies leaves its model instance failing every request, and the Python backend no
+longer restarts stubs itself. Clients retry while it comes back (client/triton.py).
 """
 from __future__ import annotations
 
@@ -259,31 +260,40 @@ class LocalTriton:
         return proc.pid
 
     def supervise(self, interval: float = SUPERVISE_INTERVAL, limit: int = RESTART_LIMIT, window: float = RESTART_WINDOW) -> int:
-        """Watches the server until ``down`` removes its state; starts it again on the same ports when it exits
-        on its own (at most ``limit`` times in ``window`` seconds). Returns the number of restarts."""
+        """Watches the server until ``down`` removes its state, and starts it again on the same ports when it exits
+        on its own or one of its model processes (Python-backend stubs) dies while it runs on: a stub that is gone
+        stays gone and its requests fail (at most ``limit`` restarts in ``window`` seconds). Returns the number of
+        restarts."""
         restarts: list[float] = []
         stopping = []  # SIGTERM from down: finish a start-up in progress (its state is written), then leave
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+        watched, expected = None, set()  # the server pid watched and its model processes once it was up
         while True:
             st = self.state()
             if st is None or stopping:  # down: nothing to watch
                 return len(restarts)
+            why = None
             if not _alive(st.pid):
+                why = f"tritonserver (pid {st.pid}) exited without `down`"
+            else:
+                stubs = set(stub_instances(st.pid).values())
+                if watched != st.pid:
+                    watched, expected = st.pid, stubs
+                elif expected - stubs:
+                    why = f"model process(es) {', '.join(sorted(expected - stubs))} of tritonserver (pid {st.pid}) exited"
+            if why:
                 now = time.time()
                 restarts = [t for t in restarts if now - t < window] + [now]
                 if len(restarts) > limit:
-                    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tritonserver exited {len(restarts)} times in "
-                          f"{window:.0f} s; not starting it again (see {st.log})", flush=True)
+                    log(f"{why}; {len(restarts)} times in {window:.0f} s: not starting it again (see {st.log})")
                     return len(restarts) - 1
-                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tritonserver (pid {st.pid}) exited without `down`; "
-                      f"starting it again on port {st.grpc_port}; from the end of {st.log}:\n{last_words(st.log)}", flush=True)
-                self.state_file.unlink(missing_ok=True)
-                cleanup_shm()
+                log(f"{why}; starting it again on port {st.grpc_port}; from the end of {st.log}:\n{last_words(st.log)}")
+                self._stop_server(st)
                 try:
                     new = self.up(st.grpc_port, st.http_port, st.metrics_port)
-                    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tritonserver ready again, pid {new.pid}", flush=True)
+                    log(f"tritonserver ready again, pid {new.pid}")
                 except DeployError as exc:
-                    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} could not start tritonserver again: {exc}", flush=True)
+                    log(f"could not start tritonserver again: {exc}")
                     self.state_file.write_text(json.dumps(asdict(st)))  # keep watching: try again next time
             time.sleep(interval)  # the supervisor's polling interval
 
@@ -305,6 +315,11 @@ class LocalTriton:
         if st is None:
             cleanup_shm()
             return False
+        self._stop_server(st, timeout)
+        return True
+
+    def _stop_server(self, st: ServerState, timeout: float = 30.0) -> None:
+        """SIGTERM to the server's process group (SIGKILL after ``timeout``), then its state and shared memory go."""
         if _alive(st.pid):
             try:
                 os.killpg(st.pid, signal.SIGTERM)
@@ -321,7 +336,6 @@ class LocalTriton:
                 os.killpg(st.pid, signal.SIGKILL)
         self.state_file.unlink(missing_ok=True)
         cleanup_shm()
-        return True
 
     def status(self) -> dict:
         st = self.state()
@@ -346,6 +360,26 @@ def tail(path: str, lines: int = 30) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+
+def stub_instances(server_pid: int) -> dict[int, str]:
+    """The live Python-backend stub processes of a tritonserver: pid -> model instance name (e.g. "detector_0_1")."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" or int(fields[1]) != server_pid:
+                continue
+            args = [a for a in (stat.parent / "cmdline").read_bytes().split(b"\0") if a]
+        except (OSError, IndexError, ValueError):
+            continue
+        if len(args) > 2 and args[0].endswith(b"triton_python_backend_stub"):  # ... <instance name> <runtime>
+            out[int(stat.parent.name)] = args[-2].decode(errors="replace")
+    return out
 
 
 def last_words(path: str, lines: int = 40) -> str:

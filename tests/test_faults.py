@@ -21,7 +21,7 @@ import pytest
 from client.catalog import index_folder
 from client.store import CatalogPoint, QdrantStore
 from client.triton import RetrievalClient, ServerUnavailable, backoff_delays, retryable
-from deploy.local import LocalTriton, free_port
+from deploy.local import LocalTriton, free_port, stub_instances
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -137,23 +137,19 @@ def test_triton_killed_and_restarted_during_index(built, catalog, expected, tmp_
     assert stored(store) == expected  # nothing lost, nothing twice
 
 
-def _stub_pid(model_instance: str) -> int:
-    """The pid of the Python-backend stub process serving ``model_instance`` (e.g. "detector_0_1")."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and args[0].endswith(b"triton_python_backend_stub") and model_instance.encode() in args:
-            return int(cmdline.parent.name)
-    pytest.fail(f"no stub process for {model_instance}")
+def _stub_pid(server: LocalTriton, model_instance: str) -> int:
+    """The pid of the server's Python-backend stub process serving ``model_instance`` (e.g. "detector_0_1")."""
+    pids = [pid for pid, name in stub_instances(server.state().pid).items() if name == model_instance]
+    assert len(pids) == 1, f"no stub process for {model_instance}"
+    return pids[0]
 
 
 def test_the_supervisor_brings_the_server_back_after_a_crash_and_a_stalled_model(built, catalog, tmp_path):
     """`deploy.local up` starts a supervisor. (1) tritonserver SIGKILLed: it is started again on the same ports and
     a client with retries answers through it. (2) The failure met on a paused VM: one detector stub stopped for 20 s.
     This Triton declares the stub unhealthy, fails its requests (INTERNAL "... is not healthy", which the client
-    retries) and then aborts; every request is answered all the same. (3) After `down` nothing comes back."""
+    retries) and then aborts; every request is answered all the same. (3) A stub killed: the server runs on with that
+    instance failing every request it gets; the supervisor restarts the server. (4) After `down` nothing comes back."""
     server = LocalTriton(tmp_path / "triton", built)
     ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     st = server.up(**ports, timeout=240)
@@ -168,7 +164,7 @@ def test_the_supervisor_brings_the_server_back_after_a_crash_and_a_stalled_model
             assert client.infer(photo, "after the kill").objects
             second = server.state()
             assert second.grpc_port == st.grpc_port and second.pid != st.pid
-            stub = _stub_pid("detector_0_1")
+            stub = _stub_pid(server, "detector_0_1")
             os.kill(stub, signal.SIGSTOP)
             answered = []
             try:
@@ -179,7 +175,12 @@ def test_the_supervisor_brings_the_server_back_after_a_crash_and_a_stalled_model
                 os.kill(stub, signal.SIGCONT)
             answered += [bool(client.infer(photo, f"after the stall {i}").objects) for i in range(6)]
             assert answered and all(answered)
-        print(f"{len(answered)} requests answered across the stall; server pid {st.pid} -> {second.pid} -> "
+            third = wait_for(server.state, 60, "a server after the stall")
+            os.kill(_stub_pid(server, "detector_0_0"), signal.SIGKILL)
+            wait_for(lambda: (server.state() or third).pid != third.pid, 60, "the supervisor to replace a server that lost a stub")
+            assert all(client.infer(photo, f"after the lost stub {i}").objects for i in range(4))
+            assert "detector_0_0" in stub_instances(server.state().pid).values()  # the new server has it again
+        print(f"{len(answered)} requests answered across the stall; server pid {st.pid} -> {second.pid} -> {third.pid} -> "
               f"{server.state().pid}; supervisor log:\n{(server.state_dir / 'supervisor.log').read_text()}")
     finally:
         server.down()
