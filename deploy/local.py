@@ -299,6 +299,8 @@ class LocalTriton:
 
     def _stop_supervisor(self, timeout: float = 10.0) -> None:
         pid = self.supervisor_pid()
+        if pid == os.getpid():  # the supervisor's own failed restart (up -> down): it keeps supervising
+            return
         if pid:
             try:
                 os.kill(pid, signal.SIGTERM)
