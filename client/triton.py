@@ -7,8 +7,8 @@ row count and embedding size are read from that config.
 Every request goes through ``RetrievalClient.call``. A server that is unreachable (UNAVAILABLE: down,
 restarting) or too slow (DEADLINE_EXCEEDED), or whose model process failed (INTERNAL "Stub process ... is not
 healthy": the local server then goes down and its supervisor starts it again, deploy/local.py), is retried with
-exponential backoff and full jitter for up to ``retry_seconds`` (default $TRITON_RETRY_SECONDS or 30 s) before ``ServerUnavailable``; the gRPC
-channel itself reconnects within ~2 s once the server is back. Inference is a pure function of the
+exponential backoff and full jitter for up to ``retry_seconds`` (default $TRITON_RETRY_SECONDS or 30 s) before
+``ServerUnavailable``; the gRPC channel itself reconnects within ~2 s once the server is back. Inference is a pure function of the
 image, so a retried request is safe.
 """
 from __future__ import annotations
@@ -48,12 +48,12 @@ class BadImage(TritonError):
 DEFAULT_RETRY_SECONDS = 30.0
 RETRY_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # grpc.StatusCode names worth another attempt
 RETRY_INTERNAL = ("is not healthy",)  # INTERNAL errors that a retry can outlive: a model's Python process failed
+FIRST_DELAY, MAX_DELAY = 0.1, 5.0  # backoff: 0.1, 0.2, 0.4 ... 5 s (before jitter)
 
 
 def retryable(status: str, message: str) -> bool:
     """Whether a failed request is worth another attempt (the server is down, slow, or a model process failed)."""
     return any(s in status for s in RETRY_STATUSES) or ("INTERNAL" in status and any(m in message for m in RETRY_INTERNAL))
-FIRST_DELAY, MAX_DELAY = 0.1, 5.0  # backoff: 0.1, 0.2, 0.4 ... 5 s (before jitter)
 
 
 def channel_args() -> list[tuple]:

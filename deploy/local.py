@@ -217,7 +217,7 @@ class LocalTriton:
         try:
             self.wait_ready(st, timeout, proc)
         except DeployError:
-            self.down()
+            self._stop_server(st)  # only the server this call started (a supervisor restarting it goes on)
             raise
         return st
 
@@ -285,22 +285,20 @@ class LocalTriton:
                 now = time.time()
                 restarts = [t for t in restarts if now - t < window] + [now]
                 if len(restarts) > limit:
-                    log(f"{why}; {len(restarts)} times in {window:.0f} s: not starting it again (see {st.log})")
+                    _say(f"{why}; {len(restarts)} times in {window:.0f} s: not starting it again (see {st.log})")
                     return len(restarts) - 1
-                log(f"{why}; starting it again on port {st.grpc_port}; from the end of {st.log}:\n{last_words(st.log)}")
+                _say(f"{why}; starting it again on port {st.grpc_port}; from the end of {st.log}:\n{last_words(st.log)}")
                 self._stop_server(st)
                 try:
                     new = self.up(st.grpc_port, st.http_port, st.metrics_port)
-                    log(f"tritonserver ready again, pid {new.pid}")
+                    _say(f"tritonserver ready again, pid {new.pid}")
                 except DeployError as exc:
-                    log(f"could not start tritonserver again: {exc}")
+                    _say(f"could not start tritonserver again: {exc}")
                     self.state_file.write_text(json.dumps(asdict(st)))  # keep watching: try again next time
             time.sleep(interval)  # the supervisor's polling interval
 
     def _stop_supervisor(self, timeout: float = 10.0) -> None:
         pid = self.supervisor_pid()
-        if pid == os.getpid():  # the supervisor's own failed restart (up -> down): it keeps supervising
-            return
         if pid:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -364,7 +362,8 @@ def tail(path: str, lines: int = 30) -> str:
         return "(no log)"
 
 
-def log(message: str) -> None:
+def _say(message: str) -> None:
+    """One time-stamped line of the supervisor's log."""
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
 
 
