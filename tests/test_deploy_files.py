@@ -8,10 +8,13 @@ compose-spec schema vendored in check-jsonschema, every PromQL expression with a
 """
 from __future__ import annotations
 
+import http.server
 import importlib.resources
 import importlib.util
+import io
 import json
 import re
+import threading
 from pathlib import Path
 
 import jsonschema
@@ -411,8 +414,7 @@ def test_services_select_pods_and_target_declared_ports(k8s):
 
 
 def test_probes_point_at_declared_ports(k8s):
-    expected = {"triton": {"readinessProbe": "/v2/health/ready", "livenessProbe": "/v2/health/live",
-                           "startupProbe": "/v2/health/ready"},
+    expected = {"triton": {"readinessProbe": "/v2/health/ready", "startupProbe": "/v2/health/ready"},
                 "qdrant": {"readinessProbe": "/readyz", "livenessProbe": "/livez", "startupProbe": "/livez"}}
     http = {"triton": 8000, "qdrant": 6333}
     for name, probes in expected.items():
@@ -422,6 +424,17 @@ def test_probes_point_at_declared_ports(k8s):
             assert c[probe]["httpGet"]["path"] == path, f"{name} {probe}"
             assert port_of(c, c[probe]["httpGet"]["port"]) == http[name], f"{name} {probe}"
     deployment = main_container(one(k8s, "Deployment", "triton"))
+    # Triton's liveness: triton_probe.py (live endpoint + inferences), mounted from its ConfigMap, on the HTTP port
+    command = deployment["livenessProbe"]["exec"]["command"]
+    mount = {m["name"]: m["mountPath"] for m in deployment["volumeMounts"]}
+    (volume,) = [v for v in pod_spec(one(k8s, "Deployment", "triton"))["volumes"] if "configMap" in v]
+    assert command[:2] == ["python3", f"{mount[volume['name']]}/triton_probe.py"]
+    assert set(one(k8s, "ConfigMap", volume["configMap"]["name"])["data"]) == {"triton_probe.py"}
+    url = command[command.index("--url") + 1]
+    assert url == f"http://127.0.0.1:{port_of(deployment, 'http')}"
+    assert command[command.index("--model") + 1] == spec.ENSEMBLE
+    probe = deployment["livenessProbe"]
+    assert probe["timeoutSeconds"] > 5 + float(command[command.index("--timeout") + 1]), "the probe's own limits fit in its timeout"
     compose = load_yaml(COMPOSE / "compose.yaml")[0]["services"]["triton"]
     assert deployment["args"] == compose["command"], "the same tritonserver flags in compose and Kubernetes"
     assert triton_ports(deployment["args"]) == {p["name"]: p["containerPort"] for p in deployment["ports"]}
@@ -613,3 +626,71 @@ def test_dashboard_is_well_formed_and_provisioned(dashboard, compose):
     assert str(Path(mounts["dashboard.json"]).parent) == provider["options"]["path"]
     assert mounts["datasources.yaml"].startswith("/etc/grafana/provisioning/datasources/")
     assert mounts["dashboards.yaml"].startswith("/etc/grafana/provisioning/dashboards/")
+
+
+# --- Triton's liveness probe (deploy/k8s/triton_probe.py; on a real server: tests/test_faults.py) -----------
+
+def _probe_module():
+    loaded = importlib.util.spec_from_file_location("triton_probe", K8S / "triton_probe.py")
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
+
+
+def test_the_liveness_probe_asks_for_the_ensembles_own_tensors():
+    probe = _probe_module()
+    assert set(probe.OUTPUTS) <= {t.name for t in spec.ENSEMBLE_OUTPUTS}
+    body, n = probe.infer_request(probe.probe_png())
+    header = json.loads(body[:n])
+    assert [i["name"] for i in header["inputs"]] == [t.name for t in spec.ENSEMBLE_INPUTS]
+    assert header["inputs"][0]["parameters"]["binary_data_size"] == len(body) - n
+    png = probe.probe_png()
+    from PIL import Image
+    with Image.open(io.BytesIO(png)) as im:  # a PNG the server's decoder reads
+        assert im.size == (96, 96) and im.mode == "RGB"
+
+
+class _FakeTriton(http.server.BaseHTTPRequestHandler):
+    """The probe's verdicts on answers a real server is hard to make give on demand: busy (503, slow), broken
+    answers. The verdict on a real dead stub is checked against tritonserver in tests/test_faults.py."""
+    infer: tuple[int, bytes, bool] = (200, b"{}", False)  # status, body, whether to hold the answer back
+    live = 200
+    release = threading.Event()  # set by the test once the probe has given up on a held answer
+
+    def do_GET(self):
+        self.send_response(self.live)
+        self.end_headers()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        code, body, hold = self.infer
+        if hold:
+            self.release.wait(30)
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("live, infer, verdict, said", [
+    (200, (200, b'{"outputs": [{"name": "scores"}, {"name": "embedder_id"}]}', False), True, "live: 2 inferences"),
+    (200, (503, b'{"error": "Exceeds maximum queue size"}', False), True, "live but busy"),
+    (200, (200, b"{}", True), True, "live but busy"),
+    (200, (500, b'{"error": "Stub process \'detector_0_0\' is not healthy."}', False), False, "is not healthy"),
+    (200, (200, b'{"outputs": [{"name": "scores"}]}', False), False, "lacks ['embedder_id']"),
+    (503, (200, b"{}", False), False, "/v2/health/live answered 503"),
+])
+def test_liveness_probe_verdicts(live, infer, verdict, said):
+    probe = _probe_module()
+    handler = type("H", (_FakeTriton,), {"live": live, "infer": infer, "release": threading.Event()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ok, detail = probe.probe(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.5)
+    finally:
+        handler.release.set()
+        server.shutdown()
+        server.server_close()
+    assert ok is verdict and said in detail, detail

@@ -189,6 +189,29 @@ def test_the_supervisor_brings_the_server_back_after_a_crash_and_a_stalled_model
     assert server.state() is None and not server.status()["running"]
 
 
+def test_the_liveness_probe_fails_a_server_that_lost_a_stub_while_health_says_200(built, tmp_path):
+    """deploy/k8s/triton_probe.py, run as the kubelet runs it, against a real tritonserver (no supervisor): live while
+    every model answers; after one detector stub is killed, /v2/health/live and /ready still answer 200 but the probe
+    fails every time (the kubelet restarts a container after 3 failures in a row, so failing now and then would not do)."""
+    server = LocalTriton(tmp_path / "triton", built)
+    st = server.up(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), timeout=240)
+    url = f"http://127.0.0.1:{st.http_port}"
+    cmd = [sys.executable, str(ROOT / "deploy" / "k8s" / "triton_probe.py"), "--url", url, "--requests", "2", "--timeout", "20"]
+    try:
+        first = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0 and "live: 2 inferences of retrieval answered" in first.stderr, first.stderr
+        os.kill(_stub_pid(server, "detector_0_0"), signal.SIGKILL)
+        wait_for(lambda: "detector_0_0" not in stub_instances(st.pid).values(), 30, "the stub to be gone")
+        for path in ("live", "ready"):
+            assert urllib.request.urlopen(f"{url}/v2/health/{path}", timeout=5).status == 200
+        runs = [subprocess.run(cmd, capture_output=True, text=True, timeout=60) for _ in range(3)]
+        assert [r.returncode for r in runs] == [1, 1, 1], [r.stderr for r in runs]
+        assert all("Stub process 'detector_0_0' is not healthy" in r.stderr for r in runs), runs[0].stderr
+        print(runs[0].stderr.strip())
+    finally:
+        server.down()
+
+
 def test_index_process_killed_and_started_again(triton, catalog, expected, tmp_path):
     store = tmp_path / "q"
     env = env_for(triton.grpc_url, store)
