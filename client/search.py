@@ -3,8 +3,8 @@
 The objects of a photo are the rows the ensemble returns, chosen by the row policy of client/spec.py
 (every detection above the detector's threshold, a few of the best weaker ones, no duplicates, in score
 order; the whole image if none).
-Each is searched within its merged category when the classifier is confident (category_score >=
-spec.CATEGORY_FILTER_MIN_SCORE; else in the whole catalog), or within --category C for all objects;
+Each is searched within its merged category when the classifier and the object's nearest catalog products agree
+on it (client/category.py; else in the whole catalog), or within --category C for all objects;
 one hit per product, ranked by cosine similarity, then the best rerank.CANDIDATES re-ranked by how well
 their catalog image's local features agree with the object's (client/rerank.py; --no-rerank: cosine only).
 """
@@ -19,6 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
+from client import category as narrowing
 from client import imaging, rerank, spec
 from client.cli import add_triton_url
 from client.result import DetectedObject, ImageResult, row_arrays
@@ -71,10 +72,12 @@ class ObjectResults:
     whole_image: bool
     results: list[dict]
     valid: bool = True  # False: a detection below the detector's threshold, reported by select_rows
+    searched_in: str | None = None  # the category the search was narrowed to (None: the whole catalog)
 
     def to_json(self) -> dict:
         return {"box": [round(v, 1) for v in self.box], "score": round(self.score, 4), "category": self.category,
-                "fine_class": self.fine_class, "whole_image": self.whole_image, "valid": self.valid, "results": self.results}
+                "fine_class": self.fine_class, "whole_image": self.whole_image, "valid": self.valid,
+                "searched_in": self.searched_in, "results": self.results}
 
 
 def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, top_k: int = 5,
@@ -93,23 +96,22 @@ def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, to
         except imaging.ImageDecodeError:  # not expected after the server read it; then rank by cosine
             image = None
     out = []
-    known: dict[str, bool] = {}
+    pool = top_k if image is None else max(top_k, rerank.CANDIDATES)
     for obj in select_objects(result):
-        cat = category
-        if cat is None and filter_by_category and obj.category_score >= spec.CATEGORY_FILTER_MIN_SCORE:
-            # a catalog indexed with its own categories (--category-from-folders) may not use the
-            # classifier's names: filter only by a category the catalog has
-            if obj.category not in known:
-                known[obj.category] = store.count(obj.category) > 0
-            cat = obj.category if known[obj.category] else None
-        hits = store.search(obj.embedding, category=cat, top_k=top_k if image is None else max(top_k, rerank.CANDIDATES))
+        if category is not None:
+            cat, hits = category, store.search(obj.embedding, category=category, top_k=pool)
+        else:
+            hits = store.search(obj.embedding, top_k=max(pool, narrowing.NEIGHBOURS))
+            cat = narrowing.narrow_to(obj.category, obj.category_score, [(h.score, h.category) for h in hits]) \
+                if filter_by_category else None
+            hits = store.search(obj.embedding, category=cat, top_k=pool) if cat is not None else hits[:pool]
         if image is not None:
             query = rerank.query_keypoints(image, None if obj.whole_image else obj.box)
             hits = rerank.rerank_hits(hits, query, store.keypoints)[:top_k]
         listed = [{"product_id": h.product_id, "path": h.path, "score": round(h.score, 4)}
                   | ({} if image is None else {"cosine": round(h.payload["cosine"], 4), "inliers": h.payload["inliers"]})
                   for h in hits]
-        out.append(ObjectResults(obj.box, obj.score, obj.category, obj.fine_class, obj.whole_image, listed, obj.valid))
+        out.append(ObjectResults(obj.box, obj.score, obj.category, obj.fine_class, obj.whole_image, listed, obj.valid, cat))
     return out
 
 
@@ -118,7 +120,8 @@ def format_table(name: str, objects: list[ObjectResults]) -> str:
     for i, o in enumerate(objects, 1):
         what = "whole image (no detection)" if o.whole_image else \
             f"box {[round(v) for v in o.box]} score {o.score:.2f}{'' if o.valid else ' (below the detector threshold)'}"
-        lines.append(f"  object {i}: {what}, category {o.category} ({o.fine_class})")
+        where = f"searched in {o.searched_in}" if o.searched_in else "searched in the whole catalog"
+        lines.append(f"  object {i}: {what}, category {o.category} ({o.fine_class}), {where}")
         if not o.results:
             lines.append("    no catalog items in this category")
         for r, hit in enumerate(o.results, 1):

@@ -61,8 +61,9 @@ EXTRA_OBJECTS = 2  # at most this many detections below the threshold besides th
 EXTRA_MIN_SCORE = 0.10  # ... each scoring at least this
 MAX_OVERLAP = 0.5  # IoU above which a row repeats a box already taken (the detector has no NMS, only a 3x3 max-pool)
 FEATURE_DIM = 1280  # the shared backbone's pooled vector (EfficientNet-Lite0 head)
-# search filters by the object's category only when the classifier is this sure (export.evaluate reports
-# Recall with the filter at several thresholds); below it, the whole catalog is searched
+# search narrows to the object's category only when the mean of the classifier's category_score and the
+# category's share among the object's nearest catalog products reaches this (client/category.py; export.evaluate
+# reports Recall with the filter at several thresholds); below it, the whole catalog is searched
 CATEGORY_FILTER_MIN_SCORE = 0.80
 PAD_VALUE = 114  # grey used to pad images to a square
 WHOLE_IMAGE_SCORE = 1.0  # score reported for row K

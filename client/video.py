@@ -14,15 +14,15 @@ through the frames, its box and score from its best view (``frame``), ``frames``
    embedding is closest (cosine, plus a bonus for overlapping the track's last box), or start one; tracks
    never seen in the same frame with near-identical embeddings merge. A track seen in fewer than
    ``min_support(frames used)`` frames is dropped. No track at all: the whole frames are the one track.
-4. search + voting: each view's hits (in the track's category, when the classifier is consistently sure and
-   the catalog has it) vote with a softmax share of their similarity, times the similarity, the detection
-   score and the view's quality (sharpness relative to the track's sharper views, exposure). Tracks that never
-   share a frame are one product seen twice, and merge, when their winner is the same product or when the boxes
-   of one lie where the other's are in the neighbouring frames (``continues``: a product's badly degraded views,
-   occluded or dark, which look more like each other than like its clear views); a weaker track naming a
-   stronger one's product is dropped when, in the frames both were seen in, the smaller box lies inside the
-   other (a piece of that object, or a box around it) or when it is unsure (clutter that looks like it); two
-   confident look-alikes both stay.
+4. search + voting: each view's hits (in the track's category, when the classifier is consistently sure of it and
+   the views' nearest catalog products agree: ``track_category``) vote with a softmax share of their similarity,
+   times the similarity, the detection score and the view's quality (sharpness relative to the track's sharper
+   views, exposure). Tracks that never share a frame are one product seen twice, and merge, when their winner is
+   the same product or when the boxes of one lie where the other's are in the neighbouring frames (``continues``:
+   a product's badly degraded views, occluded or dark, which look more like each other than like its clear views);
+   a weaker track naming a stronger one's product is dropped when, in the frames both were seen in, the smaller
+   box lies inside the other (a piece of that object, or a box around it) or when it is unsure (clutter that looks
+   like it); two confident look-alikes both stay.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from client import category as narrowing
 from client import imaging, spec
 from client.videoframes import DEFAULT_FRAMES, Frame, VideoError, _name, iter_frames, probe
 from client.result import DetectedObject
@@ -223,18 +224,16 @@ def set_quality(track: Track) -> None:
         v.quality = max(MIN_QUALITY, math.sqrt(min(1.0, v.sharpness / ref)) * v.exposure)
 
 
-def track_category(track: Track, store: QdrantStore, known: dict[str, bool]) -> str | None:
-    """The category to search a track in: the one its views name most (weighted by category score), when
-    its mean category score over all views reaches spec.CATEGORY_FILTER_MIN_SCORE and the catalog has it."""
+def track_category(track: Track) -> str | None:
+    """The category to narrow a track's searches to, or None: the one its views name most (weighted by category
+    score), when the mean of its score over all views and of its share among each view's nearest catalog products
+    (client/category.py; the views' ``hits`` from the whole catalog) reaches spec.CATEGORY_FILTER_MIN_SCORE."""
     votes: dict[str, float] = defaultdict(float)
     for v in track.views:
         votes[v.obj.category] += v.obj.category_score
     cat = max(votes, key=votes.get)
-    if votes[cat] / len(track.views) < spec.CATEGORY_FILTER_MIN_SCORE:
-        return None
-    if cat not in known:
-        known[cat] = store.count(cat) > 0
-    return cat if known[cat] else None
+    share = float(np.mean([narrowing.neighbour_share(cat, [(h.score, h.category) for h in v.hits]) for v in track.views]))
+    return cat if narrowing.agreement(votes[cat] / len(track.views), share) >= spec.CATEGORY_FILTER_MIN_SCORE else None
 
 
 def vote(track: Track, top_k: int) -> list[dict]:
@@ -337,12 +336,13 @@ def answer(frames: list[Frame], results: list, store: QdrantStore, *, top_k: int
         set_quality(tr)
     timing["voting"] += time.perf_counter() - t
     t = time.perf_counter()
-    known: dict[str, bool] = {}
     k = max(top_k, SEARCH_K)
     for tr in kept_tracks:
-        cat = category if category is not None else (track_category(tr, store, known) if filter_by_category else None)
+        for v in tr.views:  # the whole catalog first: the neighbours that decide the category (client/category.py)
+            v.hits = store.search(v.obj.embedding, category=category, top_k=max(k, narrowing.NEIGHBOURS))
+        cat = track_category(tr) if category is None and filter_by_category else None
         for v in tr.views:
-            v.hits = store.search(v.obj.embedding, category=cat, top_k=k)
+            v.hits = store.search(v.obj.embedding, category=cat, top_k=k) if cat is not None else v.hits[:k]
     timing["search"] = time.perf_counter() - t
     t = time.perf_counter()
     def winner(tr: Track) -> str | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from client import category as narrowing
 from client import spec
 from export.eval_scenes import Query, Selection
 
@@ -69,8 +70,8 @@ GT = "ground truth"
 
 def source_ranks(d: Described, source: str, space: str, filtered: float | None, binary: bool = False) -> np.ndarray:
     """Each query's rank with the boxes of ``source`` (GT or a key of d.selections) in embedding ``space``.
-    filtered: None = whole gallery; tau = search within the query's predicted category when its
-    category_score >= tau (0 = always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
+    filtered: None = whole gallery; tau = search within the query's predicted category when its ``agreement``
+    >= tau (0 = always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
     n = len(d.target)
     if source != GT and d.det is None:
         return np.full(n, np.inf)
@@ -80,17 +81,37 @@ def source_ranks(d: Described, source: str, space: str, filtered: float | None, 
     return r
 
 
-def query_rows(d: Described, source: str, filtered: float | None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(the described crops of ``source``, each query's row in them, whether it got a box, the category filter's
-    allowed [query, gallery point] mask or None)."""
+def source_rows(d: Described, source: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(the described crops of ``source``, each query's row in them, whether it got a box)."""
     n = len(d.target)
     if source == GT:
-        q, qidx, ok = d.gt, np.arange(n), np.ones(n, bool)
-    else:
-        q, qidx, ok = d.det, d.selections[source].det_rows, d.selections[source].found
+        return d.gt, np.arange(n), np.ones(n, bool)
+    return d.det, d.selections[source].det_rows, d.selections[source].found
+
+
+def agreement(d: Described, source: str) -> np.ndarray:
+    """Each query's agreement on its classifier category (client/category.py, vectorised): the mean of its
+    category score and the similarity-weighted share of its best narrowing.NEIGHBOURS catalog images in the
+    whole gallery (served embedding, grouped as the store groups points) whose category it is."""
+    q, qidx, _ = source_rows(d, source)
+    groups = d.gallery[GROUP]
+    sims = np.maximum.reduceat(q[EMBEDDINGS][qidx] @ d.gallery[EMBEDDINGS].T, np.unique(groups, return_index=True)[1], axis=1)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :narrowing.NEIGHBOURS]
+    cos = np.take_along_axis(sims, top, 1)
+    w = np.exp((cos - cos[:, :1]) / narrowing.TEMPERATURE)
+    share = (w * (d.item_category()[top] == q[CATEGORY][qidx][:, None])).sum(1) / w.sum(1)
+    return narrowing.agreement(q[CATEGORY_SCORE][qidx], share)
+
+
+def query_rows(d: Described, source: str, filtered: float | None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(the described crops of ``source``, each query's row in them, whether it got a box, the category filter's
+    allowed [query, gallery point] mask or None). ``filtered``: narrow to the query's category when its
+    ``agreement`` is at least this (0: always), as client.search does with spec.CATEGORY_FILTER_MIN_SCORE."""
+    q, qidx, ok = source_rows(d, source)
     allowed = None
     if filtered is not None:
-        allowed = (d.gallery[CATEGORY][None, :] == q[CATEGORY][qidx][:, None]) | (q[CATEGORY_SCORE][qidx] < filtered)[:, None]
+        narrow = agreement(d, source) >= filtered
+        allowed = (d.gallery[CATEGORY][None, :] == q[CATEGORY][qidx][:, None]) | ~narrow[:, None]
     return q, qidx, ok, allowed
 
 

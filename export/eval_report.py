@@ -94,7 +94,8 @@ def report(m: dict) -> str:
             for boxes, r in by_boxes.items():
                 lines.append(f"| {emb} | {filt} | {boxes} | {_fmt(r['R@1'])} | {_fmt(r['R@5'])} | {_fmt(r['R@20'])} | {_fmt(r['mAP'])} | {r['n']} |")
     lines += ["", "Category filter threshold sweep (trained embedder): R@5 with the filter applied when the query's "
-              "category_score >= threshold (0 = always); compare with the no-filter rows above.", "",
+              "agreement (mean of its category_score and its share among its 5 nearest catalog images; client/category.py) "
+              ">= threshold (0 = always); compare with the no-filter rows above.", "",
               "| threshold | R@1 detected | R@5 detected | R@5 ground truth | queries filtered |", "|---|---|---|---|---|"]
     for t, r in m["category_filter_sweep"].items():
         lines.append(f"| {t} | {_fmt(r['R@1 det'])} | {_fmt(r['R@5 det'])} | {_fmt(r['R@5 gt'])} | "

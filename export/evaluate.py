@@ -35,8 +35,8 @@ from client.catalog import CATALOG_WHOLE_IMAGE, catalog_rows
 from client.search import select_rows
 from export import dataset, eval_rerank, repository
 from export.eval_misses import detector_misses, misses_png
-from export.eval_ranks import (CATEGORY, CATEGORY_SCORE, EMBEDDINGS, GROUP, GT, VIEW, Described, by_kind, query_rows,
-                               retrieval_table, source_ranks, summarise)
+from export.eval_ranks import (CATEGORY, CATEGORY_SCORE, EMBEDDINGS, GROUP, GT, VIEW, Described, agreement, by_kind,
+                               query_rows, retrieval_table, source_ranks, summarise)
 from export.eval_report import report
 from export.eval_scenes import TRANSFORM_BINS, Query, QuerySet, run_scenes, select, valid_detections
 from export.pipeline import Pipeline
@@ -182,7 +182,7 @@ def retrieval_metrics(d: Described) -> tuple[dict, dict]:
     for t in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
         r = {b: summarise(source_ranks(d, b, EMBEDDINGS, t)) for b in ("detected", GT)}
         sweep[str(t)] = {"R@1 det": r["detected"]["R@1"], "R@5 det": r["detected"]["R@5"], "R@5 gt": r[GT]["R@5"],
-                         "share of queries filtered (gt)": round(float(np.mean(d.gt[CATEGORY_SCORE] >= t)), 3)}
+                         "share of queries filtered (gt)": round(float(np.mean(agreement(d, GT) >= t)), 3)}
     return results, sweep
 
 
@@ -209,7 +209,7 @@ def rerank_sweep(geo: dict, queries: list[Query]) -> dict:
 
 
 VALID_ONLY = "detected, valid rows only (before)"
-POLICY = f"category filter if score >= {spec.CATEGORY_FILTER_MIN_SCORE} (client.search)"
+POLICY = f"category filter if classifier and neighbours agree >= {spec.CATEGORY_FILTER_MIN_SCORE} (client.search)"
 
 
 def headline(results: dict, queries: list[Query], geo: dict) -> dict:
@@ -298,7 +298,11 @@ def classifier_metrics(d: Described, queries: list[Query], setup: Setup, row_of:
     cat_ok = np.array([q.fine_class in merge_map and c == merge_map[q.fine_class] for c, q in zip(d.gt[CATEGORY], queries)])
     item_category = d.item_category()
     agree = d.gt[CATEGORY] == item_category[d.target]
+    narrow = agreement(d, GT) >= spec.CATEGORY_FILTER_MIN_SCORE  # the searches the client narrows (ground-truth boxes)
     return {
+        "searches narrowed to the category (client policy)": round(float(narrow.mean()), 4),
+        "narrowed: category right (known classes)": round(float(cat_ok[narrow & known].mean()), 4) if (narrow & known).any() else None,
+        "narrowed: category == its catalog image's": round(float(agree[narrow].mean()), 4) if narrow.any() else None,
         "queries_of_known_fine_class": int(known.sum()), "queries_of_unseen_fine_class": int((~known).sum()),
         "fine_accuracy (known classes)": round(float(fine_ok[known].mean()), 4) if known.any() else None,
         "category_accuracy (known classes)": round(float(cat_ok[known].mean()), 4) if known.any() else None,

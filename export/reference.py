@@ -54,8 +54,9 @@ MEANINGS = {
     "fine_class": "The classifier's fine class of each row's crop.",
     "category": "The merged category of each row's crop: the category whose fine classes have the highest summed "
                 "probability (not always the category of `fine_class`). Catalog searches filter by it.",
-    "category_score": f"The summed probability of `category`, in [0, 1]. The project's client filters by category only "
-                      f"when it is ≥ {spec.CATEGORY_FILTER_MIN_SCORE}.",
+    "category_score": f"The summed probability of `category`, in [0, 1]. The project's client narrows a search to "
+                      f"`category` only when the mean of this score and the category's share among the row's 5 nearest "
+                      f"catalog products is ≥ {spec.CATEGORY_FILTER_MIN_SCORE}.",
     "embeddings": f"L2-normalised {spec.EMBED_DIM}-d embedding of each row's crop (cosine similarity = dot product). "
                   f"The first {spec.CNN_EMBED_DIM} entries are the learned-whitening projection of the backbone's vector (a unit vector "
                   f"times √{1 - spec.COLOUR_WEIGHT:g}), the last {spec.COLOUR_DIM} a centre-weighted HSV colour histogram of the crop "

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from client import category as narrowing
 from client import imaging, rerank, spec
 from client.catalog import CATALOG_WHOLE_IMAGE, index_folder
-from client.search import EXTRA_OBJECTS, search_image
+from client.search import EXTRA_OBJECTS, search_image, select_objects
 from client.store import QdrantStore
 from client.triton import BadImage, RetrievalClient, ServerUnavailable
 from deploy.check_demo import box_iou
@@ -56,6 +57,30 @@ def test_each_product_in_generated_scenes_is_in_its_objects_top5(client, indexed
     assert total >= 15
     # a floor for this small generated set, not a quality bar (export.evaluate measures quality); quick profile: 16/18
     assert found / total >= 0.8, "\n".join(lines)
+
+
+def test_searches_narrow_to_a_category_only_where_the_classifier_and_the_catalog_agree(client, indexed, demo, tmp_path):
+    """client/category.py on a real server and store. A catalog with the classifier's categories: an object's search is
+    narrowed exactly when narrow_to says so from the object and its nearest products in the whole catalog, and then
+    lists only products of that category. A catalog with its own category names (folders): never narrowed."""
+    queries = sorted((demo / "queries").glob("*.jpg"))
+    with QdrantStore(path=indexed[0]) as store:
+        assert all(o.searched_in is None for q in queries for o in search_image(q.read_bytes(), client, store, top_k=3))
+    narrowed, whole = [], []
+    with QdrantStore(path=tmp_path / "q") as store:
+        index_folder(demo / "catalog", client, store)  # each product stored under the classifier's category
+        for q in queries:
+            data = q.read_bytes()
+            for obj, found in zip(select_objects(client.infer(data)), search_image(data, client, store, top_k=5)):
+                neighbours = [(h.score, h.category) for h in store.search(obj.embedding, top_k=narrowing.NEIGHBOURS)]
+                assert found.searched_in == narrowing.narrow_to(obj.category, obj.category_score, neighbours)
+                if found.searched_in is None:
+                    whole.append(found)
+                    continue
+                narrowed.append(found)
+                assert {store.get_product(r["product_id"])[0]["category"] for r in found.results} == {found.searched_in}
+    print(f"{len(narrowed)} objects searched in their category, {len(whole)} in the whole catalog")
+    assert narrowed, "the classifier and the catalog agree on some demo object"
 
 
 def test_reranking_reorders_the_cosine_candidates_and_can_be_turned_off(client, indexed, demo):

@@ -144,7 +144,7 @@ def test_search_finds_the_products_of_generated_scenes(api, demo, truth):
         report = r.json()
         assert report["image"] == name and set(report) == {"image", "objects"}
         for o in report["objects"]:
-            assert set(o) == {"box", "score", "category", "fine_class", "whole_image", "valid", "results"}
+            assert set(o) == {"box", "score", "category", "fine_class", "whole_image", "valid", "searched_in", "results"}
             assert 1 <= len(o["results"]) <= 5 and set(o["results"][0]) == {"product_id", "path", "score", "cosine", "inliers"}
         found += _found(report, t["objects"])
         total += len(t["objects"])
