@@ -149,7 +149,7 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
             log["refiner_curve"] = train.train_refiner(det.refiner, data.f16, data.f32, data.det.boxes, proposals, train_idx, tcfg)
     val_idx = np.where(data.det.val)[0]
     gt = [data.det.boxes[i] for i in val_idx]
-    pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx, det.refiner)
+    pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx, det.refiner, det.refine_steps)
     log["detector_val"] = train.detection_metrics(pb, ps, gt)
     log["detector_val"]["tight_iou0.7"] = train.detection_metrics(pb, ps, gt, iou_thr=0.7)["recall_at_threshold"]
     print("detector (validation scenes):", log["detector_val"])

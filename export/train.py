@@ -191,15 +191,16 @@ def detection_metrics(pred_boxes: list[np.ndarray], pred_scores: list[np.ndarray
 
 
 def run_detector_head(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, idx: np.ndarray,
-                      refiner: BoxRefiner | None = None) -> tuple[list, list]:
-    """The detector's top-K boxes and scores on cached features of images ``idx`` (refined when ``refiner`` is given)."""
+                      refiner: BoxRefiner | None = None, steps: int = 1) -> tuple[list, list]:
+    """The detector's top-K boxes and scores on cached features of images ``idx`` (refined ``steps`` times when
+    ``refiner`` is given)."""
     boxes, scores = [], []
     with torch.no_grad():
         for i in range(0, len(idx), 64):
             b = idx[i:i + 64]
             x16, x32 = torch.from_numpy(f16[b]).float(), torch.from_numpy(f32[b]).float()
             bx, sc = decode_topk(*head(x16, x32), spec.MAX_OBJECTS)
-            if refiner is not None:
+            for _ in range(steps if refiner is not None else 0):
                 bx = refiner(x16, x32, bx)
             boxes += list(bx.numpy()); scores += list(sc.numpy())
     return boxes, scores

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from client.imaging import box_iou
 from export import train
-from export.models import BoxRefiner, roi_grid
+from export.models import REFINE_STEPS, BoxRefiner, Detector, decode_peaks, roi_grid
 
 
 def test_roi_grid_samples_the_cell_centres_of_the_grown_box():
@@ -68,3 +68,20 @@ def test_refiner_samples_take_overlapping_detections_and_every_true_box():
     box, target, image = train.refiner_samples(props, gt, np.array([0, 1]), min_iou=0.4)
     assert len(box) == 2 and (image == 0).all()  # the overlapping detection and the true box; the stray one and the empty scene give none
     np.testing.assert_array_equal(target, np.repeat(gt[0], 2, 0))
+
+
+def test_the_served_detector_refines_each_box_refine_steps_times():
+    """models.REFINE_STEPS: the detector's boxes are the refiner applied to its own output that many times."""
+    torch.manual_seed(0)
+    det = Detector(pretrained=False, refine_steps=2).eval()
+    assert REFINE_STEPS == 2 and Detector(pretrained=False).refine_steps == REFINE_STEPS
+    torch.nn.init.normal_(det.refiner.mlp[-1].weight, std=0.05)  # a refiner that moves boxes
+    f16, f32 = torch.randn(1, det.backbone.c16, 20, 20), torch.randn(1, det.backbone.c32, 10, 10)
+    prob, size, off = torch.rand(1, 1, 20, 20), torch.rand(1, 2, 20, 20) * 0.3, torch.rand(1, 2, 20, 20)
+    with torch.no_grad():
+        boxes, scores = det._boxes(f16, f32, prob, size, off)
+        peaks, peak_scores = decode_peaks(prob, size, off, det.k)
+        once = det.refiner(f16, f32, peaks)
+        np.testing.assert_allclose(boxes.numpy(), det.refiner(f16, f32, once).numpy(), atol=1e-6)
+    assert not np.allclose(boxes.numpy(), once.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(scores.numpy(), peak_scores.numpy())  # refining moves boxes, never rescores them
