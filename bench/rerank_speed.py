@@ -8,6 +8,8 @@ on one thread:
 - the baseline: ``QdrantStore.search`` of the top 5 (what a search did before);
 - re-ranking: the search of the top CANDIDATES, the stored keypoints' lookup (``QdrantStore.keypoints``),
   the query box's keypoints and the inlier counts (``rerank.rerank_hits``), then the top 5;
+- a search narrowed to a category (client/category.py): the whole catalog's top CANDIDATES, then the top
+  CANDIDATES within one of the 8 categories;
 
 and at index time the keypoints of one catalog image, and the store's size on disk with and without
 them. Prints a table with ratios against the baseline; writes rerank_speed.json to --out.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client import category as narrowing
 from client import rerank
 from client.store import CatalogPoint, QdrantStore, open_engine
 
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes[with_kp] = _folder_size(folder)
         with QdrantStore(engine=open_engine(path=tmp / "with")) as store:
             vecs = rng.normal(size=(args.queries, DIM)).astype(np.float32)
-            base, full, parts = [], [], {"search": [], "lookup": [], "match": []}
+            base, full, narrowed, parts = [], [], [], {"search": [], "lookup": [], "match": []}
             for i, (photo, box) in enumerate(photos):
                 t = time.perf_counter()
                 store.search(vecs[i], top_k=5)
@@ -96,12 +99,20 @@ def main(argv: list[str] | None = None) -> int:
                 t3 = time.perf_counter()
                 full.append(t3 - t0)
                 parts["search"].append(t1 - t0); parts["lookup"].append(t2 - t1); parts["match"].append(t3 - t2)
+                # a search narrowed to a category (client/category.py): the whole catalog's top 20 decide, then
+                # the top 20 within the category are searched for (the same work as client.search does)
+                t = time.perf_counter()
+                hits = store.search(vecs[i], top_k=rerank.CANDIDATES)
+                cat = narrowing.narrow_to(hits[0].category, 1.0, [(h.score, h.category) for h in hits]) or hits[0].category
+                store.search(vecs[i], category=cat, top_k=rerank.CANDIDATES)
+                narrowed.append(time.perf_counter() - t)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ms = lambda xs: round(1000 * statistics.median(xs), 2)  # noqa: E731
     res = {"products": args.products, "queries": args.queries, "cpu_threads": 1, "cores": os.cpu_count(),
            "search_top5_ms": ms(base), "rerank_total_ms": ms(full), "rerank_ratio": round(ms(full) / ms(base), 1),
-           "parts_ms": {k: ms(v) for k, v in parts.items()}, "index_keypoints_ms_per_image": round(index_ms, 2),
+           "parts_ms": {k: ms(v) for k, v in parts.items()}, "narrowed_search_top20_ms": ms(narrowed),
+           "index_keypoints_ms_per_image": round(index_ms, 2),
            "payload_bytes_per_image": int(np.mean([len(t) for t in texts])),
            "store_mb_without": round(sizes[False] / 2**20, 1), "store_mb_with": round(sizes[True] / 2**20, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'search top 20 + keypoints lookup + re-rank':<44}{res['rerank_total_ms']:>8}{res['rerank_ratio']:>12}")
     for k, v in res["parts_ms"].items():
         print(f"{'  ' + k:<44}{v:>8}")
+    narrow_ratio = round(res["narrowed_search_top20_ms"] / res["parts_ms"]["search"], 1)
+    print(f"{'narrowed: top 20, then top 20 in a category':<44}{res['narrowed_search_top20_ms']:>8}{narrow_ratio:>12}"
+          "  (x the top-20 search)")
     print(f"index time: keypoints {res['index_keypoints_ms_per_image']} ms per catalog image, payload "
           f"{res['payload_bytes_per_image']} bytes; store {res['store_mb_without']} MB without, {res['store_mb_with']} MB with")
     return 0

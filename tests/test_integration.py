@@ -99,9 +99,10 @@ def test_reranking_reorders_the_cosine_candidates_and_can_be_turned_off(client, 
         assert {r["product_id"]: r["score"] for r in p.results} == pytest.approx({r["product_id"]: r["cosine"] for r in g.results}, abs=1e-4)
         for r in g.results:
             assert r["score"] == pytest.approx(rerank.fused(r["cosine"], r["inliers"]), abs=2e-4)
-    # the demo's products are the catalog's own pictures pasted on photos: their layout agrees
+    # the demo's products are the catalog's own pictures pasted on photos: their layout agrees, well above what
+    # unrelated images share by chance, for every object the detector is sure of (scene_0: 9-18 inliers each)
     best = [o.results[0] for o in geo if o.valid]
-    assert best and max(r["inliers"] for r in best) >= rerank.INLIER_CAP
+    assert best and all(r["inliers"] > 2 * rerank.CHANCE_INLIERS for r in best), [(r["product_id"], r["inliers"]) for r in best]
 
 
 def test_ensemble_equals_running_the_onnx_files_directly(client, built, demo):
