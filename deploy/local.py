@@ -26,7 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from client import spec
@@ -153,6 +153,7 @@ class ServerState:
     log: str
     repository: str
     started: float
+    stubs: list[str] = field(default_factory=list)  # its model processes once it was ready (empty while it starts)
 
     @property
     def grpc_url(self) -> str:
@@ -219,6 +220,10 @@ class LocalTriton:
         except DeployError:
             self._stop_server(st)  # only the server this call started (a supervisor restarting it goes on)
             raise
+        # a ready server has started every model instance's process: the supervisor holds it to this list (one that
+        # first looked later could miss a process that died in between)
+        st.stubs = sorted(stub_instances(st.pid).values())
+        self.state_file.write_text(json.dumps(asdict(st)))
         return st
 
     def wait_ready(self, st: ServerState, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -267,7 +272,6 @@ class LocalTriton:
         restarts: list[float] = []
         stopping = []  # SIGTERM from down: finish a start-up in progress (its state is written), then leave
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-        watched, expected = None, set()  # the server pid watched and its model processes once it was up
         while True:
             st = self.state()
             if st is None or stopping:  # down: nothing to watch
@@ -275,12 +279,10 @@ class LocalTriton:
             why = None
             if not _alive(st.pid):
                 why = f"tritonserver (pid {st.pid}) exited without `down`"
-            else:
-                stubs = set(stub_instances(st.pid).values())
-                if watched != st.pid:
-                    watched, expected = st.pid, stubs
-                elif expected - stubs:
-                    why = f"model process(es) {', '.join(sorted(expected - stubs))} of tritonserver (pid {st.pid}) exited"
+            elif st.stubs:  # ready (up() listed its model processes): all of them must still run
+                gone = set(st.stubs) - set(stub_instances(st.pid).values())
+                if gone:
+                    why = f"model process(es) {', '.join(sorted(gone))} of tritonserver (pid {st.pid}) exited"
             if why:
                 now = time.time()
                 restarts = [t for t in restarts if now - t < window] + [now]

@@ -175,7 +175,9 @@ def test_the_supervisor_brings_the_server_back_after_a_crash_and_a_stalled_model
                 os.kill(stub, signal.SIGCONT)
             answered += [bool(client.infer(photo, f"after the stall {i}").objects) for i in range(6)]
             assert answered and all(answered)
-            third = wait_for(server.state, 60, "a server after the stall")
+            # the server the stall brought down, replaced and ready (its model processes listed by up())
+            third = wait_for(lambda: (s := server.state()) and s.pid != second.pid and s.stubs and s, 90, "a ready server after the stall")
+            assert "detector_0_0" in third.stubs
             os.kill(_stub_pid(server, "detector_0_0"), signal.SIGKILL)
             wait_for(lambda: (server.state() or third).pid != third.pid, 60, "the supervisor to replace a server that lost a stub")
             assert all(client.infer(photo, f"after the lost stub {i}").objects for i in range(4))
