@@ -55,9 +55,9 @@ def _report(tmp_path):
         thumbs.append(str(f))
     return {"image": "shop <photo>.jpg", "objects": [
         {"box": [20, 30, 200, 160], "score": 0.91, "category": "mugs", "fine_class": "mug", "whole_image": False, "valid": True,
-         "results": [{"product_id": "mug-<1>", "path": thumbs[0], "score": 0.83}, {"product_id": "mug-2", "path": thumbs[1], "score": 0.7}]},
+         "searched_in": "mugs", "results": [{"product_id": "mug-<1>", "path": thumbs[0], "score": 0.83}, {"product_id": "mug-2", "path": thumbs[1], "score": 0.7}]},
         {"box": [250, 40, 380, 220], "score": 0.22, "category": "plants", "fine_class": "cactus", "whole_image": False,
-         "valid": False, "results": [{"product_id": "cactus-9", "path": thumbs[2], "score": 0.61}]}]}
+         "valid": False, "searched_in": None, "results": [{"product_id": "cactus-9", "path": thumbs[2], "score": 0.61}]}]}
 
 
 def test_search_report_draws_boxes_and_result_grids(page, tmp_path):
@@ -71,6 +71,8 @@ def test_search_report_draws_boxes_and_result_grids(page, tmp_path):
     assert page.locator(".g-card").count() == 3
     assert page.inner_text("h1") == "shop <photo>.jpg"  # text, not markup
     assert "mug-<1>" in page.inner_text("#gallery") and "below the detector threshold" in page.inner_text("#gallery")
+    titles = page.locator("section.g-object").all_inner_texts()  # where each object was searched (client/category.py)
+    assert "searched in mugs" in titles[0] and "searched in the whole catalog" in titles[1]
     assert page.locator(".g-card img").evaluate_all("imgs => imgs.every(i => i.naturalWidth > 0)")
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 

@@ -50,6 +50,7 @@
     else what = `score ${fmt(o.score, 2)}` + (o.valid === false ? " (below the detector threshold)" : "");
     let t = `object ${i + 1}: ${o.category}` + (o.fine_class ? ` (${o.fine_class})` : "") + `, ${what}`;
     if (Array.isArray(o.frames)) t += `, seen in ${o.frames.length} frame(s): ${o.frames.join(", ")}`;
+    if ("searched_in" in o) t += o.searched_in ? `, searched in ${o.searched_in}` : ", searched in the whole catalog";
     return t;
   }
 
