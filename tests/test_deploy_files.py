@@ -536,15 +536,16 @@ def test_qdrant_runs_as_a_cluster_with_replicated_shards(k8s):
     assert main_container(job)["command"][-1] == f"{mount}/create_collection.py"
 
 
-def _create_collection_module():
-    loaded = importlib.util.spec_from_file_location("create_collection", K8S / "create_collection.py")
+def _k8s_script(name: str):
+    """A standard-library script of deploy/k8s (run in a pod, not installed), loaded as a module."""
+    loaded = importlib.util.spec_from_file_location(name, K8S / f"{name}.py")
     module = importlib.util.module_from_spec(loaded)
     loaded.loader.exec_module(module)
     return module
 
 
 def test_the_collection_job_refuses_an_existing_collection_with_other_settings():
-    mismatches = _create_collection_module().mismatches
+    mismatches = _k8s_script("create_collection").mismatches
     want = json.loads((K8S / "collection.json").read_text())
     have = {"params": {"vectors": dict(want["vectors"]), "shard_number": want["shard_number"],
                        "replication_factor": want["replication_factor"],
@@ -630,15 +631,8 @@ def test_dashboard_is_well_formed_and_provisioned(dashboard, compose):
 
 # --- Triton's liveness probe (deploy/k8s/triton_probe.py; on a real server: tests/test_faults.py) -----------
 
-def _probe_module():
-    loaded = importlib.util.spec_from_file_location("triton_probe", K8S / "triton_probe.py")
-    module = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(module)
-    return module
-
-
 def test_the_liveness_probe_asks_for_the_ensembles_own_tensors():
-    probe = _probe_module()
+    probe = _k8s_script("triton_probe")
     assert set(probe.OUTPUTS) <= {t.name for t in spec.ENSEMBLE_OUTPUTS}
     body, n = probe.infer_request(probe.probe_png())
     header = json.loads(body[:n])
@@ -683,7 +677,7 @@ class _FakeTriton(http.server.BaseHTTPRequestHandler):
     (503, (200, b"{}", False), False, "/v2/health/live answered 503"),
 ])
 def test_liveness_probe_verdicts(live, infer, verdict, said):
-    probe = _probe_module()
+    probe = _k8s_script("triton_probe")
     handler = type("H", (_FakeTriton,), {"live": live, "infer": infer, "release": threading.Event()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
