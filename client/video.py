@@ -3,7 +3,7 @@
     search_video(path_or_bytes, client, store, frames=10)  -> the ``client.search --json`` dict of a clip
     search_frames([img, ...], client, store)                -> the same for frames in memory (photos of one scene)
 
-Both return ``{"objects": [{"box", "score", "category", "frame", "frames", "support", "results": [{"product_id",
+Both return ``{"objects": [{"box", "score", "category", "searched_in", "frame", "frames", "support", "results": [{"product_id",
 "path", "score", "votes"}]}], "frame_count", "frames_used", "timing", ...}``: one object per product followed
 through the frames, its box and score from its best view (``frame``), ``frames`` every frame it was seen in.
 
@@ -92,6 +92,7 @@ class View:
     exposure: float  # 0..1
     quality: float = 1.0  # set per track (sharpness relative to the track's views, times exposure)
     hits: list = field(default_factory=list)
+    searched_in: str | None = None  # the category its track's search was narrowed to (None: the whole catalog)
 
     @property
     def weight(self) -> float:
@@ -266,7 +267,8 @@ def object_json(track: Track, results: list[dict]) -> dict:
     b = best_view(track, results[0]["product_id"] if results else None)
     o = b.obj
     return {"box": [round(x, 1) for x in o.box], "score": round(o.score, 4), "category": o.category, "fine_class": o.fine_class,
-            "whole_image": o.whole_image, "valid": any(v.obj.valid for v in track.views), "frame": b.frame.index,
+            "whole_image": o.whole_image, "valid": any(v.obj.valid for v in track.views), "searched_in": b.searched_in,
+            "frame": b.frame.index,
             "frames": sorted(track.frames), "support": len(track.frames), "results": results}
 
 
@@ -343,6 +345,7 @@ def answer(frames: list[Frame], results: list, store: QdrantStore, *, top_k: int
         cat = track_category(tr) if category is None and filter_by_category else None
         for v in tr.views:
             v.hits = store.search(v.obj.embedding, category=cat, top_k=k) if cat is not None else v.hits[:k]
+            v.searched_in = category if category is not None else cat
     timing["search"] = time.perf_counter() - t
     t = time.perf_counter()
     def winner(tr: Track) -> str | None:
@@ -430,7 +433,7 @@ def format_report(report: dict) -> str:
     for i, o in enumerate(report["objects"], 1):
         what = "whole frame (no detection)" if o["whole_image"] else f"box {[round(v) for v in o['box']]} score {o['score']:.2f}"
         lines.append(f"  object {i}: {what} in frame {o['frame']}, category {o['category']} ({o['fine_class']}), "
-                     f"seen in {o['support']} frame(s)")
+                     f"seen in {o['support']} frame(s), searched in {o.get('searched_in') or 'the whole catalog'}")
         if not o["results"]:
             lines.append("    no catalog items in this category")
         for r, hit in enumerate(o["results"], 1):

@@ -283,8 +283,13 @@ def test_a_clip_of_a_catalog_product_finds_it_at_top1(client, catalog, demo_prod
     images: dict = {}
     with QdrantStore(path=catalog) as store:
         rep = video.search_video(tmp_path / "one.mp4", client, store, frames=10, top_k=3, images=images)
+        folder = store.get_product(product.product_id)[0]["category"]
+        forced = video.search_video(tmp_path / "one.mp4", client, store, frames=10, top_k=3, category=folder)
     assert rep["kind"] == "video" and rep["frame_count"] == 30 and 2 <= len(rep["frames_used"]) <= 10
     first = rep["objects"][0]
+    # folder categories hold none of the classifier's names, so nothing is narrowed; a category asked for is searched
+    assert all(o["searched_in"] is None for o in rep["objects"])
+    assert all(o["searched_in"] == folder for o in forced["objects"]) and _top1(forced["objects"][0]) == product.product_id
     assert _top1(first) == product.product_id, json.dumps(rep, indent=1)
     assert [_top1(o) for o in rep["objects"]].count(product.product_id) == 1
     assert first["frame"] in first["frames"] and set(first["frames"]) <= set(rep["frames_used"])
@@ -352,7 +357,7 @@ def test_search_cli_detects_a_video_and_writes_json_and_a_gallery(triton, catalo
     assert rep["kind"] == "video" and rep["frame_count"] == 30 and len(rep["frames_used"]) <= 8
     assert _top1(rep["objects"][0]) == product.product_id
     for o in rep["objects"]:
-        assert {"box", "score", "category", "frame", "frames", "results"} <= set(o) and 1 <= len(o["results"]) <= 3
+        assert {"box", "score", "category", "searched_in", "frame", "frames", "results"} <= set(o) and 1 <= len(o["results"]) <= 3
     html = page.read_text()
     n_results = sum(len(o["results"]) for o in rep["objects"])
     n_frames = len({o["frame"] for o in rep["objects"]})
