@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -137,6 +137,12 @@ class RetrievalClient:
         """The ensemble's raw outputs for one encoded image, every row, by tensor name."""
         return self.call(self.model, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
 
+    def whole_image_embedding(self, data: bytes, name: str = "<bytes>") -> np.ndarray:
+        """The embedding of a whole encoded image, from the detector-free ``whole_image`` ensemble (no detection,
+        no classifier): the same vector as the ``retrieval`` ensemble's whole-image row."""
+        out = self.call(spec.WHOLE_IMAGE, {spec.IMAGE_BYTES.name: np.array([data], dtype=object)}, [spec.EMBEDDINGS.name], name)
+        return np.asarray(out[spec.EMBEDDINGS.name], np.float32).reshape(-1)
+
     def call(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], name: str = "<bytes>") -> dict[str, np.ndarray]:
         """One request to any served model (the ensemble or one of its steps), by tensor name. The server's
         INVALID_ARG becomes BadImage (about ``name``); UNAVAILABLE, DEADLINE_EXCEEDED and a model process that
@@ -189,13 +195,17 @@ class RetrievalClient:
             self._embedder_id = self.infer(probe, "<embedder probe>").embedder_id
         return self._embedder_id
 
-    def infer_many(self, items: Iterable[tuple[str, bytes]], concurrency: int = 4) -> Iterator[tuple[str, ImageResult | Exception]]:
+    def infer_many(self, items: Iterable[tuple[str, bytes]], concurrency: int = 4,
+                   fn: Callable[[bytes, str], Any] | None = None) -> Iterator[tuple[str, Any]]:
         """Yields (name, result or BadImage) in input order; ``concurrency`` requests in flight, and ``items``
-        read only a few ahead of them (a catalog is never held in memory). Other errors (ServerUnavailable
-        once the retries are spent) propagate."""
-        def one(name: str, data: bytes) -> ImageResult | Exception:
+        read only a few ahead of them (a catalog is never held in memory). ``fn(data, name)`` replaces ``infer``
+        (client.catalog.describe: an image and its synthetic views). Other errors (ServerUnavailable once the
+        retries are spent) propagate."""
+        work = fn or self.infer
+
+        def one(name: str, data: bytes) -> Any:
             try:
-                return self.infer(data, name)
+                return work(data, name)
             except BadImage as exc:
                 return exc
 

@@ -15,6 +15,7 @@ CATEGORY, CATEGORY_SCORE, EMBEDDINGS = spec.CATEGORY.name, spec.CATEGORY_SCORE.n
 
 
 GROUP, VIEW = "_item", "_view"  # gallery arrays: each point's catalog image (item index) and object_index
+SYNTHETIC = "_synthetic"  # gallery array: whether the point is a synthetic view (client.catalog.CATALOG_VIEWS)
 
 
 def ranks(q: np.ndarray, g: np.ndarray, target: np.ndarray, allowed: np.ndarray | None = None, binary: bool = False,

@@ -34,7 +34,8 @@ def report(m: dict) -> str:
              f"{s['query_scenes']} scenes on {s['eval_background_photos']} held-out background photos (and procedural ones); "
              f"{s['categories']} merged categories; detector threshold {s['score_threshold']}"
              f"{pad_note}. Catalog: "
-             f"{s['catalog_points']} points ({'best detection + whole image' if s['catalog_whole_image'] else 'best detection'} "
+             f"{s['catalog_points']} points ({'best detection + whole image' if s['catalog_whole_image'] else 'best detection'}"
+             f"{' + synthetic views (' + ', '.join(s['catalog_synthetic_views']) + ')' if s.get('catalog_synthetic_views') else ''} "
              f"per image; {s['catalog_images_without_valid_detection']} images without a valid detection).", "",
              "## Headline (trained embedder, the client's category filter)", "",
              "\"detected\" boxes are the objects client.search reports (client.search.select_rows); \"valid rows only\" "

@@ -31,11 +31,11 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from client import imaging, rerank, spec
-from client.catalog import CATALOG_WHOLE_IMAGE, catalog_rows
+from client.catalog import CATALOG_VIEWS, CATALOG_WHOLE_IMAGE, catalog_rows, synthetic_views
 from client.search import select_rows
 from export import dataset, eval_rerank, repository
 from export.eval_misses import detector_misses, misses_png
-from export.eval_ranks import (CATEGORY, CATEGORY_SCORE, EMBEDDINGS, GROUP, GT, VIEW, Described, agreement, by_kind,
+from export.eval_ranks import (CATEGORY, CATEGORY_SCORE, EMBEDDINGS, GROUP, GT, SYNTHETIC, VIEW, Described, agreement, by_kind,
                                query_rows, retrieval_table, source_ranks, summarise)
 from export.eval_report import report
 from export.eval_scenes import TRANSFORM_BINS, Query, QuerySet, run_scenes, select, valid_detections
@@ -79,6 +79,15 @@ class Runner:
         letterboxed = dict(zip((t.name for t in spec.PREPROCESS.outputs), imaging.letterbox(image)))
         return self.pipeline.run(letterboxed, steps=(spec.DETECTOR, spec.CROP))
 
+    def synthetic_crops(self, image: Image.Image) -> list[np.ndarray]:
+        """The whole-image crops of a catalog image's synthetic views (client.catalog.synthetic_views), each
+        encoded and sent through the ``whole_image`` ensemble's steps as client.catalog.describe sends it."""
+        out = []
+        for _, view in synthetic_views(image):
+            data = np.array([imaging.encode_jpeg(view, 95)], dtype=object)
+            out.append(self.pipeline.run({spec.IMAGE_BYTES.name: data}, steps=(spec.PREPROCESS, spec.WHOLE_CROP))[spec.CROPS.name][0])
+        return out
+
     def describe(self, crops: np.ndarray, batch: int = 32, baseline: bool = True) -> dict[str, np.ndarray]:
         """Classifier and embedder outputs of every crop (by spec name), and under ``BASELINE`` the
         off-the-shelf backbone's L2-normalised pooled vector (unless ``baseline`` is False)."""
@@ -121,25 +130,30 @@ def gallery_items(sources: dataset.Sources, n_distractors: int, seed: int) -> li
 
 
 def run_catalog(runner: Runner, items: list[GalleryItem]) -> dict[str, np.ndarray]:
-    """Each catalog image's points as the indexer stores them (client.catalog.catalog_rows), with and without
-    the whole-image point: ``VIEW`` is the point's object_index, ``GROUP`` its item (sorted, contiguous).
-    Every point carries the category of its image's first point, as client.catalog.points_for stores it."""
-    crops, group, view = [], [], []
+    """Each catalog image's points as the indexer stores them (client.catalog.points_for: catalog_rows, then the
+    synthetic views), with and without the whole-image point: ``VIEW`` is the point's object_index, ``GROUP`` its
+    item (sorted, contiguous), ``SYNTHETIC`` whether it is a synthetic view. Every point carries the category of
+    its image's first point, as client.catalog.points_for stores it."""
+    crops, group, view, synthetic = [], [], [], []
     for i, it in enumerate(tqdm(items, desc="gallery", unit="image")):
         out = runner.detect(it.image)
         rows = catalog_rows(out, whole_image=True)
-        crops += list(runner.crops(out, rows)); group += [i] * len(rows); view += range(len(rows))
+        made = list(runner.crops(out, rows)) + runner.synthetic_crops(it.image)
+        crops += made; group += [i] * len(made); view += range(len(made)); synthetic += [k >= len(rows) for k in range(len(made))]
     res = runner.describe(np.stack(crops))
-    res[GROUP], res[VIEW] = np.array(group), np.array(view)
+    res[GROUP], res[VIEW], res[SYNTHETIC] = np.array(group), np.array(view), np.array(synthetic)
     first = np.searchsorted(res[GROUP], res[GROUP])  # each point's image's first point
     for name in (CATEGORY, CATEGORY_SCORE, spec.FINE_CLASS.name):
         res[name] = res[name][first]
     return res
 
 
-def catalog_points(gallery: dict[str, np.ndarray], whole_image: bool) -> dict[str, np.ndarray]:
-    """The gallery's points as stored with or without the whole-image point (client.catalog.CATALOG_WHOLE_IMAGE)."""
+def catalog_points(gallery: dict[str, np.ndarray], whole_image: bool, synthetic: bool = True) -> dict[str, np.ndarray]:
+    """The gallery's points as stored with or without the whole-image point (client.catalog.CATALOG_WHOLE_IMAGE)
+    and the synthetic views (client.catalog.CATALOG_VIEWS)."""
     keep = np.ones(len(gallery[VIEW]), bool) if whole_image else gallery[VIEW] == 0
+    if not synthetic:
+        keep &= ~gallery[SYNTHETIC]
     return {k: v[keep] for k, v in gallery.items()}
 
 
@@ -226,15 +240,30 @@ def headline(results: dict, queries: list[Query], geo: dict) -> dict:
     return rows
 
 
-def catalog_views(d: Described, full: dict[str, np.ndarray], queries: list[Query]) -> dict:
-    """What storing the whole-image point next to the best detection does (trained embedder, client's filter);
-    ``full``: run_catalog's points, both views."""
+def catalog_views(d: Described, full: dict[str, np.ndarray], queries: list[Query], qs: QuerySet, catalog_kp: list,
+                  geo: dict) -> dict:
+    """What storing the whole-image point next to the best detection, and the synthetic views, do (trained
+    embedder, client's filter; cosine, and re-ranked as client.search does for the stored set and the one before
+    the synthetic views); ``full``: run_catalog's points, all of them; ``geo``: geometric_reranking of ``d``."""
     out = {}
-    for whole in (False, True):
-        dv = d.with_gallery(catalog_points(full, whole))
+    for whole, synthetic in ((False, False), (True, False), (True, True)):
+        dv = d.with_gallery(catalog_points(full, whole, synthetic))
         name = "best detection + whole image" if whole else "best detection only"
+        name += " + synthetic views" if synthetic else ""
         out[name] = {f"{b} boxes": by_kind(source_ranks(dv, b, EMBEDDINGS, spec.CATEGORY_FILTER_MIN_SCORE), queries)
                      for b in (*d.selections, GT)}
+        if whole and synthetic == bool(d.gallery[SYNTHETIC].any()):
+            out[name] |= {f"{b} boxes, re-ranked": by_kind(geo[b]["_ranks"], queries) for b in ("detected", GT) if b in geo}
+        elif whole:
+            for b in ("detected", GT):
+                if b != GT and dv.det is None:
+                    continue
+                q, qidx, ok, allowed = query_rows(dv, b, spec.CATEGORY_FILTER_MIN_SCORE)
+                kp = qs.gt_kp if b == GT else [qs.det_kp[j] for j in qidx]
+                base = source_ranks(dv, b, EMBEDDINGS, spec.CATEGORY_FILTER_MIN_SCORE)
+                r = eval_rerank.source_table(q[EMBEDDINGS][qidx], allowed, dv.gallery[EMBEDDINGS], dv.gallery[GROUP], dv.target,
+                                             ok, base, kp, catalog_kp, f"re-rank ({name}, {b})")["_ranks"]
+                out[name][f"{b} boxes, re-ranked"] = by_kind(r, queries)
         out[name]["points"] = int(len(dv.gallery[GROUP]))
     return out
 
@@ -366,7 +395,7 @@ def evaluate(args) -> dict:
     objects = {"client policy (select_rows)": selections["detected"].boxes, VALID_ONLY: selections[VALID_ONLY].boxes}
     misses = detector_misses(qs.queries, qs.scenes)
     sweep = selection_sweep(qs, d)
-    views = catalog_views(d, full, queries)
+    views = catalog_views(d, full, queries, qs, catalog_kp, geo)
     colour = colour_weight_sweep(d, queries)
     timings["sweeps_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
@@ -377,8 +406,8 @@ def evaluate(args) -> dict:
                   "query_scenes": args.scenes, "query_objects": len(queries),
                   "eval_background_photos": len(sources.eval_backgrounds), "categories": len(set(setup.merge_map.values())),
                   "score_threshold": spec.SCORE_THRESHOLD, "colour_weight": spec.COLOUR_WEIGHT, "pad_boxes": args.pad_boxes, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
-                  "catalog_points": int(len(d.gallery[GROUP])),
-                  "catalog_images_without_valid_detection": len(items) - int(np.sum(full[VIEW] == 1))},
+                  "catalog_synthetic_views": list(CATALOG_VIEWS), "catalog_points": int(len(d.gallery[GROUP])),
+                  "catalog_images_without_valid_detection": len(items) - int(np.sum((full[VIEW] == 1) & ~full[SYNTHETIC]))},
         "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4), "detector_misses": misses,
         "objects_reported": objects, "headline": headline(results, queries, geo), "catalog_views": views,
         "rerank": {"settings": {"candidates": rerank.CANDIDATES, "weight": rerank.WEIGHT, "inlier_cap": rerank.INLIER_CAP,

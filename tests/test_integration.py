@@ -13,7 +13,7 @@ from PIL import Image
 
 from client import category as narrowing
 from client import imaging, rerank, spec
-from client.catalog import CATALOG_WHOLE_IMAGE, index_folder
+from client.catalog import CATALOG_VIEWS, CATALOG_WHOLE_IMAGE, describe, index_folder
 from client.search import EXTRA_OBJECTS, search_image, select_objects
 from client.store import QdrantStore
 from client.triton import BadImage, RetrievalClient, ServerUnavailable
@@ -36,8 +36,29 @@ def test_catalog_is_indexed_once_per_image(indexed, demo):
     path, report = indexed
     n = len(list((demo / "catalog").rglob("*.jpg")))
     assert report.indexed == n and report.skipped == []
-    with QdrantStore(path=path) as store:  # client.catalog.catalog_rows: best detection (+ the whole image)
-        assert n <= store.count() <= n * (1 + CATALOG_WHOLE_IMAGE)
+    views = len(CATALOG_VIEWS)
+    with QdrantStore(path=path) as store:  # client.catalog.points_for: best detection (+ the whole image), synthetic views
+        assert n * (1 + views) <= store.count() <= n * (1 + CATALOG_WHOLE_IMAGE + views)
+
+
+def test_each_catalog_image_stores_its_synthetic_views_from_the_whole_image_ensemble(client, indexed, demo):
+    image = sorted((demo / "catalog").rglob("*.jpg"))[0]
+    data = image.read_bytes()
+    with QdrantStore(path=indexed[0]) as store:
+        stored = store.image_points(str(image))
+    synthetic = [p for p in stored if p.get("synthetic_view")]
+    assert [p["synthetic_view"] for p in sorted(synthetic, key=lambda p: p["object"])] == list(CATALOG_VIEWS)
+    assert len(stored) == stored[0]["image_points"] and [p["object"] for p in sorted(stored, key=lambda p: p["object"])] == list(range(len(stored)))
+    assert all(p["whole_image"] and p["category"] == stored[0]["category"] for p in synthetic)
+    result = client.infer(data, image.name)
+    # the detector-free ensemble gives the retrieval ensemble's whole-image row for the same bytes
+    assert np.allclose(client.whole_image_embedding(data), result.whole.embedding, atol=1e-4)
+    described = describe(client, data, image.name)
+    whole = result.whole.embedding
+    cos = [float(v @ whole) for _, v in described.views]
+    assert [label for label, _ in described.views] == list(CATALOG_VIEWS)
+    assert all(0.5 < c < 0.9999 for c in cos), cos  # the same product, seen otherwise
+    assert float(described.views[0][1] @ described.views[1][1]) < 0.9999  # turned one way and the other
 
 
 def test_each_product_in_generated_scenes_is_in_its_objects_top5(client, indexed, demo):
@@ -160,7 +181,7 @@ def test_bad_files_are_skipped_and_reported_the_rest_is_indexed(client, demo, tm
     (folder / "empty.png").write_bytes(b"")
     with QdrantStore(path=tmp_path / "q") as store:
         report = index_folder(folder, client, store)
-        assert report.indexed == 3 and 3 <= store.count() <= 3 * (1 + CATALOG_WHOLE_IMAGE)
+        assert report.indexed == 3 and 3 * (1 + len(CATALOG_VIEWS)) <= store.count() <= 3 * (1 + CATALOG_WHOLE_IMAGE + len(CATALOG_VIEWS))
     reasons = dict(report.skipped)
     assert set(reasons) == {str(folder / "corrupt.jpg"), str(folder / "empty.png")}
     assert "cannot decode" in reasons[str(folder / "corrupt.jpg")] and "empty" in reasons[str(folder / "empty.png")]

@@ -148,9 +148,10 @@ def test_catalog_keypoints_of_bytes(tmp_path):
     assert image_keypoints(b"not an image") is None
 
 
-def test_an_image_indexed_without_keypoints_is_sent_again(tmp_path):
-    """client.index's resume check: an image stored before keypoints existed is not 'unchanged'."""
-    from client.catalog import is_stored
+def test_an_image_indexed_without_keypoints_or_synthetic_views_is_sent_again(tmp_path):
+    """client.index's resume check: an image stored before keypoints or the synthetic views existed is not
+    'unchanged'."""
+    from client.catalog import CATALOG_VIEWS, is_stored
 
     with QdrantStore(engine=open_engine(path=tmp_path / "q")) as store:
         store.ensure(8)
@@ -160,5 +161,13 @@ def test_an_image_indexed_without_keypoints_is_sent_again(tmp_path):
         store.upsert([old])
         assert not is_stored(store, "/cat/a.jpg", "s")
         text = rerank.pack(rerank.catalog_keypoints(product(2)))
-        store.upsert([CatalogPoint(**{**old.__dict__, "extra": {"image_points": 1, rerank.FIELD: text, "keypoints_n": 300}})])
+        first = CatalogPoint(**{**old.__dict__, "extra": {"image_points": 1, rerank.FIELD: text, "keypoints_n": 300}})
+        store.upsert([first])
+        assert not is_stored(store, "/cat/a.jpg", "s")  # keypoints, but no synthetic views
+        n = 1 + len(CATALOG_VIEWS)
+        views = [CatalogPoint(**{**old.__dict__, "object_index": 1 + j, "extra": {"image_points": n, "synthetic_view": label}})
+                 for j, label in enumerate(CATALOG_VIEWS)]
+        store.upsert([CatalogPoint(**{**first.__dict__, "extra": {**first.extra, "image_points": n}}), *views[:-1]])
+        assert not is_stored(store, "/cat/a.jpg", "s")  # one view missing
+        store.upsert(views[-1:])
         assert is_stored(store, "/cat/a.jpg", "s") and not is_stored(store, "/cat/a.jpg", "other")

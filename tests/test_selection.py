@@ -1,5 +1,5 @@
 """Which rows of the ensemble's outputs a search reports (client.search.select_rows) and a catalog image
-stores (client.catalog.catalog_rows): pure functions over synthetic outputs, no server."""
+stores (client.catalog.catalog_rows, and its synthetic views): pure functions, no server."""
 from __future__ import annotations
 
 import numpy as np
@@ -88,3 +88,23 @@ def test_a_catalog_image_stores_its_best_valid_detection_then_optionally_the_who
     nothing = outputs([(A, 0.2)])  # no valid detection: the whole image, once
     assert catalog_rows(nothing, whole_image=False) == catalog_rows(nothing, whole_image=True) == [K]
     assert catalog_rows(ImageResult.from_outputs(out)) == catalog_rows(out)
+
+
+def test_synthetic_views_turn_the_image_both_ways_filling_with_its_border_and_darken_it():
+    from PIL import Image, ImageDraw
+
+    from client.catalog import CATALOG_VIEWS, VIEW_DARKER, VIEW_SIDE, synthetic_views
+
+    img = Image.new("RGB", (300, 200), (250, 250, 250))
+    ImageDraw.Draw(img).rectangle([100, 50, 200, 150], fill=(200, 30, 30))
+    views = dict(synthetic_views(img))
+    assert list(views) == list(CATALOG_VIEWS)
+    plus, minus, dark = views["turned +15"], views["turned -15"], views["darker"]
+    assert plus.size == minus.size and plus.width > 300 and plus.height > 200  # expanded, nothing cut off
+    assert plus.getpixel((0, 0)) == minus.getpixel((0, 0)) == (250, 250, 250)  # new corners in the border's colour
+    assert plus.getpixel((plus.width // 2, plus.height // 2)) == (200, 30, 30)
+    assert np.asarray(plus).tobytes() != np.asarray(minus).tobytes()
+    a, d = np.asarray(img, np.float32), np.asarray(dark, np.float32)
+    assert dark.size == img.size and abs(d.mean() / a.mean() - VIEW_DARKER) < 0.01
+    big = dict(synthetic_views(Image.new("RGB", (4000, 1000), (0, 0, 0))))
+    assert max(big["darker"].size) == VIEW_SIDE  # a large catalog image is shrunk first

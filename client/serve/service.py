@@ -21,7 +21,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from client import spec
-from client.catalog import image_keypoints, points_for
+from client.catalog import describe, points_for
 from client.imaging import encode_jpeg
 from client.search import search_image
 from client.serve.uploads import Upload, UploadError, sniff
@@ -243,7 +243,7 @@ class Service:
         for u in uploads:  # every view is read before anything is stored: a bad one leaves the catalog as it was
             if u.kind != "image":
                 raise ServiceError(415, f"{u.name}: a catalog item is an image, not a {u.kind}")
-            results.append(client.infer(u.data, u.name))
+            results.append(describe(client, u.data, u.name))
         try:
             self.upload_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -258,7 +258,7 @@ class Service:
                 tmp.replace(dest)
             files.append(str(dest))
             points += [dataclasses.replace(p, product_id=product_id, extra={**p.extra, "upload_name": u.name})
-                       for p in points_for(dest, self.upload_dir, sha, result, category, image_keypoints(u.data))]
+                       for p in points_for(dest, self.upload_dir, sha, result, category)]
         served = client.embedder_id()
         with self._store_lock:
             # as client.index: write the collection of the served embedder, which must be the one searches read
