@@ -73,14 +73,16 @@ class Described:
     views: list[tuple[str, np.ndarray]]
 
 
-def describe(client: RetrievalClient, data: bytes, name: str) -> Described:
-    """Sends one catalog image (and its synthetic views) to the server; BadImage when the server cannot read it."""
+def describe(client: RetrievalClient, data: bytes, name: str, with_views: bool = True) -> Described:
+    """Sends one catalog image (and with ``with_views`` its synthetic views) to the server; BadImage when the server
+    cannot read it."""
     result = client.infer(data, name)
     try:
         img = imaging.decode(data)
     except imaging.ImageDecodeError:
         return Described(result, None, [])
-    views = [(label, client.whole_image_embedding(imaging.encode_jpeg(v, 95), f"{name} ({label})")) for label, v in synthetic_views(img)]
+    views = [(label, client.whole_image_embedding(imaging.encode_jpeg(v, 95), f"{name} ({label})"))
+             for label, v in (synthetic_views(img) if with_views else [])]
     return Described(result, rerank.pack(rerank.catalog_keypoints(img)), views)
 
 
@@ -128,14 +130,14 @@ def _read(paths: list[Path], root: Path, report: IndexReport, progress: Callable
         yield str(p), data
 
 
-def is_stored(store: QdrantStore, path: str, sha256: str) -> bool:
+def is_stored(store: QdrantStore, path: str, sha256: str, views: tuple[str, ...] = CATALOG_VIEWS) -> bool:
     """Whether every point of this image is stored with this content, its re-ranking keypoints (a cheap payload
-    lookup: ``keypoints_n`` stands for them) and its synthetic views. An image indexed before keypoints or views
-    existed is sent again."""
+    lookup: ``keypoints_n`` stands for them) and exactly the synthetic ``views``. An image indexed before keypoints
+    or views existed (or with other views) is sent again."""
     stored = store.image_points(path)
     return bool(stored) and all(p.get("sha256") == sha256 for p in stored) \
         and len(stored) == int(stored[0].get("image_points", len(stored))) and any(isinstance(p.get("keypoints_n"), int) for p in stored) \
-        and sorted(p["synthetic_view"] for p in stored if p.get("synthetic_view")) == sorted(CATALOG_VIEWS)
+        and sorted(p["synthetic_view"] for p in stored if p.get("synthetic_view")) == sorted(views)
 
 
 def catalog_rows(source: ImageResult | Mapping[str, np.ndarray], *, whole_image: bool = CATALOG_WHOLE_IMAGE) -> list[int]:
@@ -184,13 +186,14 @@ def points_for(path: Path, root: Path, data_sha: str, described: Described, cate
 
 def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, category_from_folders: bool = False,
                  batch: int = 64, concurrency: int = 4, recreate: bool = False, live: bool = True,
-                 progress: Callable[[int], None] | None = None) -> IndexReport:
+                 synthetic: bool = True, progress: Callable[[int], None] | None = None) -> IndexReport:
     """Indexes every image under ``folder`` into the collection of the embedder the server runs.
 
     ``live`` (``client.index``): that collection must be the one searches read (the alias), else
     StoreError says to roll out; ``live=False`` (``client.rollout index``) fills it while the alias keeps
     serving another. A store opened for another embedder than the served one is refused. Points are
-    written ``batch`` at a time, each image's points in one write."""
+    written ``batch`` at a time, each image's points in one write. ``synthetic``: also store each image's
+    synthetic views (CATALOG_VIEWS); an image stored with other views than asked for is sent again."""
     t0 = time.time()
     report = IndexReport()
     paths = list_catalog(folder)
@@ -207,7 +210,7 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
     def items():
         for name, data in _read(paths, folder, report, progress):
             sha = hashlib.sha256(data).hexdigest()
-            if is_stored(store, name, sha):
+            if is_stored(store, name, sha, CATALOG_VIEWS if synthetic else ()):
                 report.indexed += 1
                 report.unchanged += 1
                 products.add(Path(name).stem)
@@ -217,7 +220,7 @@ def index_folder(folder: Path, client: RetrievalClient, store: QdrantStore, *, c
             data_sha[name] = sha
             yield name, data
 
-    for name, described in client.infer_many(items(), concurrency=concurrency, fn=lambda d, n: describe(client, d, n)):
+    for name, described in client.infer_many(items(), concurrency=concurrency, fn=lambda d, n: describe(client, d, n, synthetic)):
         if progress:
             progress(1)
         if isinstance(described, BadImage):

@@ -38,6 +38,9 @@ def add_index_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch", type=int, default=64, help="points per upsert (default %(default)s)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight to Triton (default %(default)s)")
     ap.add_argument("--recreate", action="store_true", help="drop the collection first")
+    ap.add_argument("--no-synthetic-views", action="store_true",
+                    help="store only the best detection and the whole image of each catalog image, not its turned and "
+                         "darker views (indexing ~1.8x faster, 2.6x fewer points, R@1 a little lower)")
     ap.add_argument("--retry-seconds", type=float, default=DEFAULT_RETRY_SECONDS,
                     help="keep retrying an unreachable Triton this long before giving up (default %(default)s)")
     add_triton_url(ap)
@@ -65,7 +68,7 @@ def run_index(args: argparse.Namespace, *, live: bool) -> int:
             try:
                 report = index_folder(args.folder, client, store, category_from_folders=args.category_from_folders,
                                       batch=args.batch, concurrency=args.concurrency, recreate=args.recreate, live=live,
-                                      progress=bar.update)
+                                      synthetic=not args.no_synthetic_views, progress=bar.update)
             except (TritonError, StoreError) as exc:
                 bar.close()
                 error(str(exc))

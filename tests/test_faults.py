@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.catalog import index_folder
+from client.catalog import CATALOG_VIEWS, index_folder
 from client.store import CatalogPoint, QdrantStore
 from client.triton import RetrievalClient, ServerUnavailable, backoff_delays, retryable
 from deploy.local import LocalTriton, _alive, free_port, stub_instances
@@ -84,7 +84,8 @@ def expected(client, catalog, tmp_path_factory) -> dict[str, tuple]:
         report = index_folder(catalog, client, store)
     assert report.indexed == N_IMAGES and not report.skipped
     points = stored(path)
-    assert N_IMAGES <= len(points) <= 2 * N_IMAGES
+    views = len(CATALOG_VIEWS)  # client.catalog.points_for: best detection (+ whole image), synthetic views
+    assert N_IMAGES * (1 + views) <= len(points) <= N_IMAGES * (2 + views)
     return points
 
 

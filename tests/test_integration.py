@@ -171,7 +171,7 @@ def test_undecodable_bytes_reach_the_caller_as_invalid_argument(client):
     assert "INVALID_ARG" in str(err.value.__cause__.status())
 
 
-def test_bad_files_are_skipped_and_reported_the_rest_is_indexed(client, demo, tmp_path):
+def test_bad_files_are_skipped_and_reported_the_rest_is_indexed_with_or_without_synthetic_views(client, demo, tmp_path):
     folder = tmp_path / "cat"
     folder.mkdir()
     good = sorted((demo / "catalog").rglob("*.jpg"))[:3]
@@ -182,9 +182,16 @@ def test_bad_files_are_skipped_and_reported_the_rest_is_indexed(client, demo, tm
     with QdrantStore(path=tmp_path / "q") as store:
         report = index_folder(folder, client, store)
         assert report.indexed == 3 and 3 * (1 + len(CATALOG_VIEWS)) <= store.count() <= 3 * (1 + CATALOG_WHOLE_IMAGE + len(CATALOG_VIEWS))
-    reasons = dict(report.skipped)
-    assert set(reasons) == {str(folder / "corrupt.jpg"), str(folder / "empty.png")}
-    assert "cannot decode" in reasons[str(folder / "corrupt.jpg")] and "empty" in reasons[str(folder / "empty.png")]
+        reasons = dict(report.skipped)
+        assert set(reasons) == {str(folder / "corrupt.jpg"), str(folder / "empty.png")}
+        assert "cannot decode" in reasons[str(folder / "corrupt.jpg")] and "empty" in reasons[str(folder / "empty.png")]
+        # without synthetic views: each image is sent again and keeps only its own points; then it is unchanged
+        plain = index_folder(folder, client, store, synthetic=False)
+        assert plain.indexed == 3 and plain.unchanged == 0 and 3 <= store.count() <= 3 * (1 + CATALOG_WHOLE_IMAGE)
+        assert not any(p.get("synthetic_view") for g in good for p in store.image_points(str(folder / g.name)))
+        assert index_folder(folder, client, store, synthetic=False).unchanged == 3
+        assert index_folder(folder, client, store).unchanged == 0  # and with them again: sent again
+        assert 3 * (1 + len(CATALOG_VIEWS)) <= store.count()
 
 
 def test_server_down_is_a_clear_error():

@@ -167,7 +167,8 @@ def test_an_image_indexed_without_keypoints_or_synthetic_views_is_sent_again(tmp
         n = 1 + len(CATALOG_VIEWS)
         views = [CatalogPoint(**{**old.__dict__, "object_index": 1 + j, "extra": {"image_points": n, "synthetic_view": label}})
                  for j, label in enumerate(CATALOG_VIEWS)]
-        store.upsert([CatalogPoint(**{**first.__dict__, "extra": {**first.extra, "image_points": n}}), *views[:-1]])
+        head = CatalogPoint(**{**first.__dict__, "extra": {**first.extra, "image_points": n}})
+        store.upsert([head, *views[:-1]])
         assert not is_stored(store, "/cat/a.jpg", "s")  # one view missing
-        store.upsert(views[-1:])
+        store.upsert([head, *views])  # an image's points are written together (QdrantStore.upsert)
         assert is_stored(store, "/cat/a.jpg", "s") and not is_stored(store, "/cat/a.jpg", "other")

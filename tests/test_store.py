@@ -221,6 +221,19 @@ def test_image_points_are_found_by_path(store):
     assert store.image_points("/cat/none.jpg") == []
 
 
+def test_an_image_written_again_with_fewer_points_keeps_none_of_its_old_ones(store):
+    def points(path, n, sha="s"):
+        return [CatalogPoint(**{**_point(1, path=path, sha=sha).__dict__, "object_index": k, "extra": {"image_points": n}})
+                for k in range(n)]
+
+    store.upsert(points("/cat/a.jpg", 5) + points("/cat/b.jpg", 5) + points("/cat/c.jpg", 2))
+    store.upsert(points("/cat/a.jpg", 2) + points("/cat/b.jpg", 3))  # e.g. indexed again without synthetic views
+    assert sorted(p["object"] for p in store.image_points("/cat/a.jpg")) == [0, 1]
+    assert sorted(p["object"] for p in store.image_points("/cat/b.jpg")) == [0, 1, 2]
+    assert sorted(p["object"] for p in store.image_points("/cat/c.jpg")) == [0, 1]  # not written again: untouched
+    assert store.count() == 7
+
+
 def test_url_and_path_together_are_refused(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match="not both"):
         QdrantStore(url="http://127.0.0.1:6333", path=tmp_path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +181,16 @@ class QdrantStore(Collection):
             return
         self.engine.delete_where(self.collection, Where(must={"path": sorted({p.path for p in points})},
                                                         must_not={"sha256": sorted({p.sha256 for p in points})}))
+        # an image written again with fewer points (e.g. indexed before with synthetic views, now without) leaves
+        # none of its old ones: per set of object indices, the other points of those images go
+        objects: dict[str, set[int]] = defaultdict(set)
+        for p in points:
+            objects[p.path].add(p.object_index)
+        by_set: dict[tuple[int, ...], list[str]] = defaultdict(list)
+        for path, indices in objects.items():
+            by_set[tuple(sorted(indices))].append(path)
+        for indices, paths in by_set.items():
+            self.engine.delete_where(self.collection, Where(must={"path": sorted(paths)}, must_not={"object": list(indices)}))
         self.engine.upsert(self.collection, [p.id for p in points], np.stack([np.asarray(p.vector, dtype=np.float32) for p in points]),
                            [p.payload() for p in points])
 
