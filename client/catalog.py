@@ -53,11 +53,14 @@ def _border_colour(img: Image.Image) -> tuple[int, ...]:
 
 
 def synthetic_views(img: Image.Image) -> list[tuple[str, Image.Image]]:
-    """The CATALOG_VIEWS of a decoded catalog image, by name (the image first shrunk to VIEW_SIDE px at most)."""
+    """The CATALOG_VIEWS of a decoded catalog image, by name (the image first shrunk to VIEW_SIDE px at most); none
+    for a strip whose short side would fall below imaging.MIN_SIDE (the server would refuse it)."""
     img = img.convert("RGB")
     if max(img.size) > VIEW_SIDE:
         img = img.copy()
         img.thumbnail((VIEW_SIDE, VIEW_SIDE), Image.BILINEAR)
+    if min(img.size) < imaging.MIN_SIDE:
+        return []
     fill = _border_colour(img)
     return [("turned +15", img.rotate(VIEW_TURN, Image.BICUBIC, expand=True, fillcolor=fill)),
             ("turned -15", img.rotate(-VIEW_TURN, Image.BICUBIC, expand=True, fillcolor=fill)),
@@ -67,23 +70,30 @@ def synthetic_views(img: Image.Image) -> list[tuple[str, Image.Image]]:
 @dataclass
 class Described:
     """What a catalog image stores, from the server: its ensemble result, its re-ranking keypoints (None when this
-    side cannot decode it) and the whole-image embeddings of its synthetic views, by name."""
+    side cannot decode it), the whole-image embeddings of its synthetic views by name, and which views were asked
+    for (CATALOG_VIEWS, or none): a view that cannot be made (``synthetic_views``) is left out."""
     result: ImageResult
     keypoints: str | None
     views: list[tuple[str, np.ndarray]]
+    asked: tuple[str, ...] = ()
 
 
 def describe(client: RetrievalClient, data: bytes, name: str, with_views: bool = True) -> Described:
     """Sends one catalog image (and with ``with_views`` its synthetic views) to the server; BadImage when the server
-    cannot read it."""
+    cannot read the image (a view it refuses is left out)."""
     result = client.infer(data, name)
+    asked = CATALOG_VIEWS if with_views else ()
     try:
         img = imaging.decode(data)
     except imaging.ImageDecodeError:
-        return Described(result, None, [])
-    views = [(label, client.whole_image_embedding(imaging.encode_jpeg(v, 95), f"{name} ({label})"))
-             for label, v in (synthetic_views(img) if with_views else [])]
-    return Described(result, rerank.pack(rerank.catalog_keypoints(img)), views)
+        return Described(result, None, [], asked)
+    views = []
+    for label, view in synthetic_views(img) if with_views else []:
+        try:
+            views.append((label, client.whole_image_embedding(imaging.encode_jpeg(view, 95), f"{name} ({label})")))
+        except BadImage:
+            continue
+    return Described(result, rerank.pack(rerank.catalog_keypoints(img)), views, asked)
 
 
 @dataclass
@@ -132,12 +142,13 @@ def _read(paths: list[Path], root: Path, report: IndexReport, progress: Callable
 
 def is_stored(store: QdrantStore, path: str, sha256: str, views: tuple[str, ...] = CATALOG_VIEWS) -> bool:
     """Whether every point of this image is stored with this content, its re-ranking keypoints (a cheap payload
-    lookup: ``keypoints_n`` stands for them) and exactly the synthetic ``views``. An image indexed before keypoints
-    or views existed (or with other views) is sent again."""
+    lookup: ``keypoints_n`` stands for them), indexed asking for exactly the synthetic ``views`` (each point lists
+    them in ``synthetic_views``). An image indexed before keypoints or views existed (or with other views) is sent
+    again."""
     stored = store.image_points(path)
     return bool(stored) and all(p.get("sha256") == sha256 for p in stored) \
         and len(stored) == int(stored[0].get("image_points", len(stored))) and any(isinstance(p.get("keypoints_n"), int) for p in stored) \
-        and sorted(p["synthetic_view"] for p in stored if p.get("synthetic_view")) == sorted(views)
+        and sorted(stored[0].get("synthetic_views", ())) == sorted(views)
 
 
 def catalog_rows(source: ImageResult | Mapping[str, np.ndarray], *, whole_image: bool = CATALOG_WHOLE_IMAGE) -> list[int]:
@@ -174,7 +185,7 @@ def points_for(path: Path, root: Path, data_sha: str, described: Described, cate
     def point(k: int, vector: np.ndarray, box, extra: dict) -> CatalogPoint:
         return CatalogPoint(vector=vector, product_id=path.stem, category=category_from_folder or first.category,
                             fine_category=first.fine_class, path=str(path), sha256=data_sha, box=box, object_index=k,
-                            view=path.relative_to(root).as_posix(), extra=extra | {"image_points": n}
+                            view=path.relative_to(root).as_posix(), extra=extra | {"image_points": n, "synthetic_views": list(described.asked)}
                             | ({rerank.FIELD: keypoints, "keypoints_n": len(rerank.unpack(keypoints)[0])} if keypoints and k == 0 else {}))
 
     points = [point(k, obj.embedding, obj.box, {"detected_category": obj.category, "detection_score": round(obj.score, 4),

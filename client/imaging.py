@@ -17,6 +17,7 @@ from . import spec
 
 Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs above 100 Mpx (decode checks it, not only Pillow's warning)
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # refuse larger encoded files before decoding them
+MIN_SIDE = 8  # a smaller image is refused (decode)
 MAX_SQUARE_SIDE = 4096  # letterbox: a longer side is first reduced (box filter), so a 60000x20 strip never pads to 60000²
 
 
@@ -54,8 +55,8 @@ def decode(data: bytes) -> Image.Image:
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): not a known image format") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
-    if img.width < 8 or img.height < 8:
-        raise ImageDecodeError(f"image too small ({img.width}x{img.height}); need at least 8x8")
+    if img.width < MIN_SIDE or img.height < MIN_SIDE:
+        raise ImageDecodeError(f"image too small ({img.width}x{img.height}); need at least {MIN_SIDE}x{MIN_SIDE}")
     return img
 
 

@@ -164,11 +164,17 @@ def test_an_image_indexed_without_keypoints_or_synthetic_views_is_sent_again(tmp
         first = CatalogPoint(**{**old.__dict__, "extra": {"image_points": 1, rerank.FIELD: text, "keypoints_n": 300}})
         store.upsert([first])
         assert not is_stored(store, "/cat/a.jpg", "s")  # keypoints, but no synthetic views
-        n = 1 + len(CATALOG_VIEWS)
-        views = [CatalogPoint(**{**old.__dict__, "object_index": 1 + j, "extra": {"image_points": n, "synthetic_view": label}})
+        n, asked = 1 + len(CATALOG_VIEWS), list(CATALOG_VIEWS)
+        views = [CatalogPoint(**{**old.__dict__, "object_index": 1 + j,
+                                 "extra": {"image_points": n, "synthetic_view": label, "synthetic_views": asked}})
                  for j, label in enumerate(CATALOG_VIEWS)]
-        head = CatalogPoint(**{**first.__dict__, "extra": {**first.extra, "image_points": n}})
+        head = CatalogPoint(**{**first.__dict__, "extra": {**first.extra, "image_points": n, "synthetic_views": asked}})
         store.upsert([head, *views[:-1]])
         assert not is_stored(store, "/cat/a.jpg", "s")  # one view missing
         store.upsert([head, *views])  # an image's points are written together (QdrantStore.upsert)
         assert is_stored(store, "/cat/a.jpg", "s") and not is_stored(store, "/cat/a.jpg", "other")
+        assert not is_stored(store, "/cat/a.jpg", "s", views=())  # asked for without views: sent again
+        # a strip too thin for views asks for them all the same: stored with none, and then not sent again
+        strip = CatalogPoint(**{**first.__dict__, "extra": {**first.extra, "synthetic_views": asked}})
+        store.upsert([strip])
+        assert is_stored(store, "/cat/a.jpg", "s")

@@ -108,3 +108,4 @@ def test_synthetic_views_turn_the_image_both_ways_filling_with_its_border_and_da
     assert dark.size == img.size and abs(d.mean() / a.mean() - VIEW_DARKER) < 0.01
     big = dict(synthetic_views(Image.new("RGB", (4000, 1000), (0, 0, 0))))
     assert max(big["darker"].size) == VIEW_SIDE  # a large catalog image is shrunk first
+    assert synthetic_views(Image.new("RGB", (60000, 20))) == []  # a strip would shrink below the server's 8 px
