@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from client.catalog import CATALOG_VIEWS
 from client.serve.uploads import sniff
 from deploy.check_demo import box_iou
 
@@ -278,7 +279,8 @@ def test_index_get_search_and_delete_an_item(api, served_catalog):
     again = api.post("/index", params={"product_id": "uploaded-item", "category": "uploads"},
                      files={"image": ("b.jpg", other, "image/jpeg")}).json()
     assert again["replaced_points"] == added["points"] and not stored.exists()
-    assert len(api.get("/items/uploaded-item").json()["views"]) == again["points"]
+    views = api.get("/items/uploaded-item").json()["views"]
+    assert len(views) == again["points"] and sorted(v["synthetic_view"] for v in views if v["synthetic_view"]) == sorted(CATALOG_VIEWS)
     gone = api.delete("/items/uploaded-item")
     assert gone.status_code == 200 and gone.json()["deleted_points"] == again["points"]
     assert api.get("/items/uploaded-item").status_code == 404 and api.delete("/items/uploaded-item").status_code == 404

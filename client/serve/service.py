@@ -290,7 +290,8 @@ class Service:
         views = []
         for p in payloads:
             views.append({"path": p.get("path", ""), "object": p.get("object", 0), "box": p.get("box"),
-                          "whole_image": p.get("whole_image"), "fine_category": p.get("fine_category"),
+                          "whole_image": p.get("whole_image"), "synthetic_view": p.get("synthetic_view"),
+                          "fine_category": p.get("fine_category"),
                           "sha256": p.get("sha256"), "image_url": f"/items/{_q(product_id)}/image?path={_q(p.get('path', ''))}"})
         return {"product_id": product_id, "category": payloads[0].get("category", ""), "points": len(payloads), "views": views}
 
