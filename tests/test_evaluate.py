@@ -34,7 +34,12 @@ def test_evaluate_small_run_writes_consistent_report(built, tmp_path):
     assert sweep["valid rows only (before)"]["R@1"] == m["retrieval"]["trained embedder, float"][evaluate.POLICY][evaluate.VALID_ONLY]["R@1"]
     views = m["catalog_views"]
     assert views["best detection + whole image"]["points"] >= views["best detection only"]["points"] == s["gallery"]
-    assert s["catalog_points"] == views["best detection + whole image" if s["catalog_whole_image"] else "best detection only"]["points"]
+    synthetic = views["best detection + whole image + synthetic views"]  # what client.catalog.points_for stores
+    assert synthetic["points"] == views["best detection + whole image"]["points"] + len(s["catalog_synthetic_views"]) * s["gallery"]
+    assert s["catalog_points"] == synthetic["points"] and s["catalog_whole_image"]
+    for name in ("best detection + whole image", "best detection + whole image + synthetic views"):  # both re-ranked
+        assert {"detected boxes, re-ranked", "ground truth boxes, re-ranked"} <= set(views[name])
+    assert synthetic["detected boxes, re-ranked"] == m["headline"]["detected boxes, re-ranked (client.search)"]
     # detector recall by object size and background (export/eval_misses.py), in the report too
     misses = m["detector_misses"]
     assert {"object size (scale)", "background", "background clutter", "product"} <= set(misses)
