@@ -102,12 +102,26 @@ def decode_topk(heat_logits: torch.Tensor, size: torch.Tensor, offset: torch.Ten
     return decode_peaks(torch.sigmoid(heat_logits), size, offset, k)
 
 
+TIE_BREAK = 1e-12  # stable_topk: per index, far below any score's resolution, exact for the zero scores that tie
+
+
+def stable_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest of each row of ``x`` and their indices, equal values in index order. torch's topk does not
+    promise an order for ties and onnxruntime's differed: rows of equal (zero) score, left when fewer than k boxes
+    survive, came out in another order, and a fresh build without the photoset failed the detector's parity check.
+    Each value is ranked less ``index * TIE_BREAK``, which splits the zeros (where ties happen) and moves no score;
+    the values returned are x's own. (torch.sort(stable=True) would do it but does not export to ONNX.)"""
+    idx = torch.arange(x.shape[1], dtype=x.dtype, device=x.device)
+    _, top = (x - idx * TIE_BREAK).topk(k, dim=1)
+    return x.gather(1, top), top
+
+
 def decode_peaks(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed top-K boxes from a centre heatmap of probabilities: 3x3 max-pool peak picking instead of an NMS op."""
     peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
     heat = heat * (peaks == heat).float()
     n, _, h, w = heat.shape
-    scores, idx = heat.reshape(n, h * w).topk(k, dim=1)
+    scores, idx = stable_topk(heat.reshape(n, h * w), k)
     size = size.reshape(n, 2, h * w)
     offset = offset.reshape(n, 2, h * w)
     gather = idx.unsqueeze(1).expand(n, 2, k)
@@ -191,14 +205,14 @@ def merge_boxes(b1: torch.Tensor, s1: torch.Tensor, b2: torch.Tensor, s2: torch.
     """The best ``k`` of two sets of candidates [n, m, 4] / [n, m] by greedy suppression: in score order a box is kept
     unless it overlaps a kept one by more than ``iou``. A fixed number of tensor steps (an ONNX graph, no NMS op);
     suppressed boxes score 0, so when fewer than ``k`` are kept the remaining rows are invalid."""
-    s, order = torch.cat([s1, s2], 1).sort(dim=1, descending=True)
+    s, order = stable_topk(torch.cat([s1, s2], 1), s1.shape[1] + s2.shape[1])
     b = torch.cat([b1, b2], 1).gather(1, order.unsqueeze(2).expand(-1, -1, 4))
     m = b.shape[1]
     over = (pairwise_iou(b) > iou) & torch.ones(m, m, dtype=torch.bool, device=b.device).triu(1)
     keep = torch.ones_like(s, dtype=torch.bool)
     for i in range(m):
         keep = keep & ~(keep[:, i:i + 1] & over[:, i, :])
-    s, top = (s * keep.float()).topk(k, dim=1)
+    s, top = stable_topk(s * keep.float(), k)
     return b.gather(1, top.unsqueeze(2).expand(-1, -1, 4)), s
 
 
