@@ -200,6 +200,16 @@ def retrieval_metrics(d: Described) -> tuple[dict, dict]:
     return results, sweep
 
 
+def reranked_source(d: Described, qs: QuerySet, source: str, filtered: float | None, base: np.ndarray, catalog_kp: list,
+                    desc: str) -> dict:
+    """client.search's re-ranking (client/rerank.py) of one box source's candidates in ``d``'s catalog, from the
+    cosine ranks ``base`` (``filtered`` as query_rows takes it): eval_rerank.source_table's ranks and sweep."""
+    q, qidx, ok, allowed = query_rows(d, source, filtered)
+    kp = qs.gt_kp if source == GT else [qs.det_kp[j] for j in qidx]
+    return eval_rerank.source_table(q[EMBEDDINGS][qidx], allowed, d.gallery[EMBEDDINGS], d.gallery[GROUP], d.target,
+                                    ok, base, kp, catalog_kp, desc)
+
+
 def geometric_reranking(d: Described, qs: QuerySet, results: dict, catalog_kp: list) -> dict:
     """client.search's re-ranking (client/rerank.py) of the detected and ground-truth boxes' candidates, with
     the client's filter: ranks (``"_ranks"``) and the fusion sweep (export/eval_rerank.py)."""
@@ -207,12 +217,10 @@ def geometric_reranking(d: Described, qs: QuerySet, results: dict, catalog_kp: l
     for source, filtered in (("detected", POLICY), (GT, POLICY), ("detected", "no filter")):
         if source != GT and d.det is None:
             continue
-        q, qidx, ok, allowed = query_rows(d, source, spec.CATEGORY_FILTER_MIN_SCORE if filtered == POLICY else None)
-        kp = qs.gt_kp if source == GT else [qs.det_kp[j] for j in qidx]
         base = results["trained embedder, float"][filtered][source]["_ranks"]
         key = source if filtered == POLICY else f"{source}, no category filter"
-        out[key] = eval_rerank.source_table(q[EMBEDDINGS][qidx], allowed, d.gallery[EMBEDDINGS], d.gallery[GROUP], d.target,
-                                            ok, base, kp, catalog_kp, f"re-rank ({key})")
+        out[key] = reranked_source(d, qs, source, spec.CATEGORY_FILTER_MIN_SCORE if filtered == POLICY else None, base,
+                                   catalog_kp, f"re-rank ({key})")
     return out
 
 
@@ -243,26 +251,24 @@ def headline(results: dict, queries: list[Query], geo: dict) -> dict:
 def catalog_views(d: Described, full: dict[str, np.ndarray], queries: list[Query], qs: QuerySet, catalog_kp: list,
                   geo: dict) -> dict:
     """What storing the whole-image point next to the best detection, and the synthetic views, do (trained
-    embedder, client's filter; cosine, and re-ranked as client.search does for the stored set and the one before
-    the synthetic views); ``full``: run_catalog's points, all of them; ``geo``: geometric_reranking of ``d``."""
+    embedder, client's filter; cosine, and re-ranked as client.search does for the catalogs with the whole image);
+    ``full``: run_catalog's points, all of them; ``geo``: geometric_reranking of ``d`` (the stored catalog)."""
     out = {}
+    tau = spec.CATEGORY_FILTER_MIN_SCORE
     for whole, synthetic in ((False, False), (True, False), (True, True)):
         dv = d.with_gallery(catalog_points(full, whole, synthetic))
         name = "best detection + whole image" if whole else "best detection only"
         name += " + synthetic views" if synthetic else ""
-        out[name] = {f"{b} boxes": by_kind(source_ranks(dv, b, EMBEDDINGS, spec.CATEGORY_FILTER_MIN_SCORE), queries)
-                     for b in (*d.selections, GT)}
-        if whole and synthetic == bool(d.gallery[SYNTHETIC].any()):
-            out[name] |= {f"{b} boxes, re-ranked": by_kind(geo[b]["_ranks"], queries) for b in ("detected", GT) if b in geo}
-        elif whole:
+        out[name] = {f"{b} boxes": by_kind(source_ranks(dv, b, EMBEDDINGS, tau), queries) for b in (*d.selections, GT)}
+        if whole:
             for b in ("detected", GT):
                 if b != GT and dv.det is None:
                     continue
-                q, qidx, ok, allowed = query_rows(dv, b, spec.CATEGORY_FILTER_MIN_SCORE)
-                kp = qs.gt_kp if b == GT else [qs.det_kp[j] for j in qidx]
-                base = source_ranks(dv, b, EMBEDDINGS, spec.CATEGORY_FILTER_MIN_SCORE)
-                r = eval_rerank.source_table(q[EMBEDDINGS][qidx], allowed, dv.gallery[EMBEDDINGS], dv.gallery[GROUP], dv.target,
-                                             ok, base, kp, catalog_kp, f"re-rank ({name}, {b})")["_ranks"]
+                if (whole, synthetic) == (CATALOG_WHOLE_IMAGE, True):  # d's own catalog: geometric_reranking did it
+                    r = geo[b]["_ranks"]
+                else:
+                    r = reranked_source(dv, qs, b, tau, source_ranks(dv, b, EMBEDDINGS, tau), catalog_kp,
+                                        f"re-rank ({name}, {b})")["_ranks"]
                 out[name][f"{b} boxes, re-ranked"] = by_kind(r, queries)
         out[name]["points"] = int(len(dv.gallery[GROUP]))
     return out
