@@ -94,6 +94,23 @@ def perspective(img: Image.Image, rng: np.random.Generator, strength: float) -> 
     return img.transform((max(out_w, 1), max(out_h, 1)), Image.PERSPECTIVE, tuple(coeffs), Image.BICUBIC)
 
 
+def uneven_light(img: Image.Image, rng: np.random.Generator, low: float = 0.45, high: float = 1.15) -> tuple[Image.Image, float]:
+    """``img`` lit unevenly: brightness falls linearly from ``high`` to a random value in [``low``, 0.8] along a
+    random direction, with a soft spot of light (a lamp, a window) at a random place. Returns the image and the
+    ratio of its darkest to its brightest gain."""
+    w, h = img.size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = float(rng.uniform(0, 2 * np.pi))
+    t = (x - w / 2) * np.cos(angle) + (y - h / 2) * np.sin(angle)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)  # 0 .. 1 across the photo
+    dark = float(rng.uniform(low, 0.8))
+    gain = high - (high - dark) * t
+    cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.2, 0.5) * max(w, h)
+    gain = gain + 0.25 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+    arr = np.asarray(img.convert("RGB"), np.float32) * gain[..., None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), round(float(gain.min() / gain.max()), 2)
+
+
 def _overlap(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -104,8 +121,11 @@ def _overlap(a, b) -> float:
 def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random.Generator, *,
                size: tuple[int, int] | None = None, n_objects: int | None = None,
                scale_range: tuple[float, float] = (0.22, 0.55), max_rotation: float = 25.0,
-               occlusion_p: float = 0.15, perspective_p: float = 0.3, degrade: bool = True) -> Scene:
-    """Pastes 1-3 of ``products`` (chosen by ``rng`` unless exactly len(products) <= n) on a background."""
+               occlusion_p: float = 0.15, perspective_p: float = 0.3, degrade: bool = True,
+               uneven_light_p: float = 0.0) -> Scene:
+    """Pastes 1-3 of ``products`` (chosen by ``rng`` unless exactly len(products) <= n) on a background.
+    ``uneven_light_p``: the share of scenes lit unevenly (``uneven_light``); 0 draws nothing from ``rng``, so
+    scenes made without it stay the same."""
     if size is None:
         size = (int(rng.choice([480, 560, 640])), int(rng.choice([400, 480, 560])))
     w, h = size
@@ -152,6 +172,8 @@ def make_scene(products: list[Product], backgrounds: Backgrounds, rng: np.random
                 d.rectangle([x1, y2 - (y2 - y1) * frac, x2, y2], fill=col)
             o.transform["occlusion"] = round(frac, 2)
     global_t: dict = {}
+    if uneven_light_p and rng.random() < uneven_light_p:
+        bg, global_t["uneven_light"] = uneven_light(bg, rng)
     if degrade:
         if rng.random() < 0.35:  # colour cast (white balance) and saturation
             gains = rng.uniform(0.82, 1.18, 3)
