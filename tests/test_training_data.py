@@ -4,7 +4,7 @@ import pytest
 
 from export import dataset
 from export.products import product_split, synthetic_products
-from export.scenes import Backgrounds, detector_scene, make_scene, vary
+from export.scenes import Backgrounds, detector_scene, make_scene, uneven_light, vary
 
 
 def test_held_out_products_never_reach_training():
@@ -31,6 +31,26 @@ def test_scene_objects_record_their_transforms():
             x1, y1, x2, y2 = o.box
             assert 0 <= x1 < x2 <= scene.image.width and 0 <= y1 < y2 <= scene.image.height
     assert {"perspective", "colour", "blur", "noise", "contrast", "occlusion"} <= seen
+
+
+def test_uneven_light_darkens_the_photo_along_a_direction_and_is_off_by_default():
+    from PIL import Image
+
+    grey = Image.new("RGB", (200, 120), (150, 150, 150))
+    for seed in range(5):
+        lit, ratio = uneven_light(grey, np.random.default_rng(seed))
+        v = np.asarray(lit, np.float32)[..., 0]
+        assert lit.size == grey.size and 0.3 < ratio <= 0.8
+        assert v.max() > 150 and v.min() < 0.85 * 150  # one side brighter than the photo was, another darker
+        assert abs(v.min() / v.max() - ratio) < 0.02
+    products = synthetic_products(2)
+    # off (the default) draws nothing from the generator: the scenes every evaluation made before are unchanged
+    a = make_scene(products, Backgrounds(), np.random.default_rng(8))
+    b = make_scene(products, Backgrounds(), np.random.default_rng(8), uneven_light_p=0.0)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    c = make_scene(products, Backgrounds(), np.random.default_rng(8), uneven_light_p=1.0)
+    assert c.objects and all(0 < o.transform["uneven_light"] < 1 for o in c.objects)
+    assert "uneven_light" not in a.objects[0].transform
 
 
 def test_detector_scenes_show_varied_products_and_pseudo_objects():
