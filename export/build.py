@@ -40,7 +40,7 @@ PROFILES = {
              {"det_epochs": 80, "cls_epochs": 300}),
 }
 STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
-DATA_VERSION = 2  # bump when scene generation changes, so cached features are not reused
+DATA_VERSION = 3  # bump when scene generation changes, so cached features are not reused
 
 
 def missing_models(repo: Path) -> list[str]:

@@ -56,15 +56,18 @@ def test_uneven_light_darkens_the_photo_along_a_direction_and_is_off_by_default(
 def test_detector_scenes_show_varied_products_and_pseudo_objects():
     products = synthetic_products(2)
     rng = np.random.default_rng(5)
-    kinds = set()
+    kinds, scales = set(), []
     for _ in range(30):
         scene = detector_scene(products, Backgrounds(), rng)
         assert 1 <= len(scene.objects) <= 3
+        scales += [o.transform["scale"] for o in scene.objects]
         for o in scene.objects:
             kinds.add("pseudo" if o.product_id == "pseudo" else "product")
             x1, y1, x2, y2 = o.box
             assert 0 <= x1 < x2 <= scene.image.width and 0 <= y1 < y2 <= scene.image.height
     assert kinds == {"pseudo", "product"}
+    # small objects (scenes.SMALL_RANGE) as well as large ones
+    assert min(scales) < 0.15 and max(scales) > 0.5 and all(0.08 <= s <= 0.8 for s in scales)
     # a varied product keeps its identity and its shape's alpha; most draws change its pixels
     p = products[0]
     changed = 0
