@@ -36,6 +36,8 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, ImageDraw
 
+from deploy.check_demo import box_iou as iou
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "data" / "bench" / "photo_search"
 BOXED_IOU = 0.5
@@ -79,12 +81,6 @@ def run(cmd: list[str], env: dict, desc: str) -> tuple[str, float]:
     if proc.returncode != 0:
         raise SystemExit(f"error: {desc} failed ({proc.returncode}): {' '.join(cmd[:4])} ...\n{proc.stderr[-3000:]}")
     return proc.stdout, seconds
-
-
-def iou(a, b) -> float:
-    from client.imaging import box_iou
-
-    return float(box_iou(a, b)[0, 0])
 
 
 def score_photo(report: dict, truth: dict) -> list[dict]:
