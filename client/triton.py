@@ -48,12 +48,18 @@ class BadImage(TritonError):
 DEFAULT_RETRY_SECONDS = 30.0
 RETRY_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # grpc.StatusCode names worth another attempt
 RETRY_INTERNAL = ("is not healthy",)  # INTERNAL errors that a retry can outlive: a model's Python process failed
+# NOT_FOUND while a server unloads its models on the way down (or has not loaded them yet): a restarted server
+# answers. A model that does not exist at all says "... is not found" instead, and is not retried.
+RETRY_NOT_FOUND = ("has no available versions",)
 FIRST_DELAY, MAX_DELAY = 0.1, 5.0  # backoff: 0.1, 0.2, 0.4 ... 5 s (before jitter)
 
 
 def retryable(status: str, message: str) -> bool:
-    """Whether a failed request is worth another attempt (the server is down, slow, or a model process failed)."""
-    return any(s in status for s in RETRY_STATUSES) or ("INTERNAL" in status and any(m in message for m in RETRY_INTERNAL))
+    """Whether a failed request is worth another attempt (the server is down, slow, shutting down, or a model
+    process failed)."""
+    return (any(s in status for s in RETRY_STATUSES)
+            or ("INTERNAL" in status and any(m in message for m in RETRY_INTERNAL))
+            or ("NOT_FOUND" in status and any(m in message for m in RETRY_NOT_FOUND)))
 
 
 def channel_args() -> list[tuple]:

@@ -105,6 +105,9 @@ def test_which_failures_are_retried():
     assert retryable("StatusCode.INTERNAL", "Stub process 'detector_0_1' is not healthy.")
     assert not retryable("StatusCode.INTERNAL", "onnxruntime: shape mismatch")  # a model error is not outlived by waiting
     assert not retryable("StatusCode.INVALID_ARGUMENT", "Stub process 'x' is not healthy.")
+    # a server unloading its models on the way down (met in CI right after a stalled stub): a restart answers
+    assert retryable("StatusCode.NOT_FOUND", "Request for unknown model: 'retrieval' has no available versions")
+    assert not retryable("StatusCode.NOT_FOUND", "Request for unknown model: 'retrival' is not found")  # a typo stays an error
 
 
 def test_triton_killed_and_restarted_during_index(built, catalog, expected, tmp_path):
