@@ -175,7 +175,8 @@ def picture(path: Path, truths: list[dict], reports: list[dict], scored: list[li
 
 def report_lines(result: dict) -> list[str]:
     s = result["settings"]
-    lines = [f"# Photo search as a user runs it ({result['date']}, {result['cpu_cores']} CPU cores)", "",
+    lines = [f"# Photo search as a user runs it ({result['date']}, {result['cpu_cores']} CPU cores, embedder "
+             f"`{result.get('embedder_id', '?')}`)", "",
              f"`python -m bench.photo_search --photos {s['photos']} --hard-photos {s['hard_photos']} --distractors {s['distractors']} "
              f"--seed {s['seed']}`: held-out real products on held-out photos; `client.index CATALOG`, then `client.search --json` "
              "on every photo. Baseline: the off-the-shelf EfficientNet-Lite0, cosine, on *ground-truth* boxes.", "",
@@ -232,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
             server = LocalTriton(work / "triton", repository.REPOSITORY)
             url = server.up(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), timeout=300).grpc_url
+        from client.triton import RetrievalClient
+
+        with RetrievalClient(url) as client:  # which models answered: runs are comparable only between equal ids
+            result["embedder_id"] = client.embedder_id()
         distractors = synthetic_products(-(-args.distractors // 8), seed=args.seed + 1000, prefix="distractor_")[:args.distractors]
         for k, (name, settings) in enumerate(CHECKS.items()):
             n_photos = args.photos if name == "pairs" else args.hard_photos

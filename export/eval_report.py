@@ -27,6 +27,8 @@ def misses_section(misses: dict | None) -> list[str]:
 def report(m: dict) -> str:
     s = m["setup"]
     pad_note = f"; detection boxes padded by {s['pad_boxes']} per side before cropping (NOT the served graph)" if s["pad_boxes"] else ""
+    if s.get("flip_features"):
+        pad_note += "; each crop's pooled vector averaged with its mirror image's (NOT the served graph)"
     lines = ["# Retrieval evaluation (held-out products)", "",
              f"Profile `{s['profile']}`, photoset: `{s['photoset']}`, evaluation seed {s['seed']}. "
              f"{s['held_out_products']} held-out products (never in training), {s['training_products']} training products; "

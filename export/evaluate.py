@@ -48,15 +48,18 @@ BASELINE = "baseline"  # Runner.describe: the off-the-shelf backbone's vectors, 
 
 class Runner:
     """The served ONNX files chained in process (export.pipeline), and the off-the-shelf backbone.
-    ``pad`` > 0 measures a crop graph that pads detection boxes (the served one does not): see ``crops``."""
+    ``pad`` > 0 measures a crop graph that pads detection boxes (the served one does not): see ``crops``.
+    ``flip`` measures a ``features`` model that averages each crop's pooled vector with its mirror image's (the
+    served one does not): see ``describe``."""
 
-    def __init__(self, repo: Path, backbone: Path, pad: float = 0.0):
+    def __init__(self, repo: Path, backbone: Path, pad: float = 0.0, flip: bool = False):
         try:
             self.pipeline = Pipeline(repo, every_row=True)  # every detection row: the row policies are measured here
         except FileNotFoundError as exc:
             raise SystemExit(f"error: {exc}") from exc
         self.baseline = dataset.BackboneRunner(backbone)
         self.pad = pad
+        self.flip = flip
         self.cutter = dataset.CropCutter() if pad else None
 
     def crops(self, out: dict[str, np.ndarray], rows: list[int]) -> np.ndarray:
@@ -96,6 +99,9 @@ class Runner:
         for i in tqdm(range(0, len(crops), batch), desc="classify+embed", unit="batch", leave=False):
             feed = {spec.CROPS.name: crops[i:i + batch]}
             feed |= self.pipeline.step(spec.BACKBONE.name, feed)
+            if self.flip:  # the mean of the crop's and its mirror image's pooled vectors, for both heads
+                mirrored = self.pipeline.step(spec.BACKBONE.name, {spec.CROPS.name: np.ascontiguousarray(feed[spec.CROPS.name][..., ::-1])})
+                feed |= {k: (feed[k] + v) / 2 for k, v in mirrored.items()}
             got = self.pipeline.step(spec.CLASSIFIER.name, feed) | self.pipeline.step(spec.EMBEDDER.name, feed)
             for n in names:
                 out[n].append(got[n])
@@ -371,7 +377,7 @@ def evaluate(args) -> dict:
     t0 = time.time()
     setup = load_setup(args)
     sources = setup.sources
-    runner = Runner(args.repository, args.build_dir / "backbone.onnx", pad=args.pad_boxes)
+    runner = Runner(args.repository, args.build_dir / "backbone.onnx", pad=args.pad_boxes, flip=args.flip_features)
     timings = {}
     items = gallery_items(sources, args.distractors, args.seed)
     t = time.time()
@@ -411,7 +417,7 @@ def evaluate(args) -> dict:
                   "gallery": len(items), "distractors": sum(it.kind == "distractor" for it in items),
                   "query_scenes": args.scenes, "query_objects": len(queries),
                   "eval_background_photos": len(sources.eval_backgrounds), "categories": len(set(setup.merge_map.values())),
-                  "score_threshold": spec.SCORE_THRESHOLD, "colour_weight": spec.COLOUR_WEIGHT, "pad_boxes": args.pad_boxes, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
+                  "score_threshold": spec.SCORE_THRESHOLD, "colour_weight": spec.COLOUR_WEIGHT, "pad_boxes": args.pad_boxes, "flip_features": args.flip_features, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
                   "catalog_synthetic_views": list(CATALOG_VIEWS), "catalog_points": int(len(d.gallery[GROUP])),
                   "catalog_images_without_valid_detection": len(items) - int(np.sum((full[VIEW] == 1) & ~full[SYNTHETIC]))},
         "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4), "detector_misses": misses,
@@ -488,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                     "use the same value to compare models trained with different counts on one held-out set")
     ap.add_argument("--pad-boxes", type=float, default=0.0, help="measure a crop graph that pads detection boxes by this "
                     "share of their width and height per side (query rows and catalog detections; the served graph: 0)")
+    ap.add_argument("--flip-features", action="store_true", help="measure a features model that averages each crop's "
+                    "pooled vector with its mirror image's (NOT the served graph)")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "eval")
     args = ap.parse_args(argv)
     evaluate(args)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.photo_search import on_product, score_photo, summarise
+from client import spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +55,7 @@ def test_the_benchmark_runs_the_users_commands_end_to_end(triton, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads((out / "photo_search.json").read_text())
     assert list(result["checks"]) == ["pairs"]
+    assert result["embedder_id"].startswith(f"v{spec.EMBEDDER_VERSION}-")  # the models that answered, in the report
     c = result["checks"]["pairs"]
     m = c["summary"]
     assert m["photos"] == 3 and 3 <= m["products"] == len(c["rows"]) <= 6
@@ -62,4 +64,5 @@ def test_the_benchmark_runs_the_users_commands_end_to_end(triton, tmp_path):
     if (ROOT / "data" / "build" / "backbone.onnx").exists():
         assert 0 <= m["baseline_gt_top1"] <= m["baseline_gt_top5"] <= 1
     assert (out / "pairs.png").stat().st_size > 10_000
-    assert "| pairs | 3 |" in (out / "photo_search.md").read_text()
+    md = (out / "photo_search.md").read_text()
+    assert "| pairs | 3 |" in md and result["embedder_id"] in md
