@@ -3,7 +3,7 @@
 A product's id is the file name without extension. Each image goes through the Triton ensemble and
 stores what client.catalog.catalog_rows chooses (its best detection, or the whole image if none, plus
 the whole-image embedding), then the whole-image embeddings of its synthetic views (turned +-15 degrees,
-darker: client.catalog.CATALOG_VIEWS, through the ``whole_image`` ensemble), all with its merged
+darker, small: client.catalog.CATALOG_VIEWS, through the ``whole_image`` ensemble), all with its merged
 category; point ids derive from the product id, the
 image's path under DIR and the object index, not from its bytes. Unreadable files are skipped and listed
 at the end; the rest of the batch goes on and nothing already stored is lost.

@@ -90,10 +90,10 @@ def test_a_catalog_image_stores_its_best_valid_detection_then_optionally_the_who
     assert catalog_rows(ImageResult.from_outputs(out)) == catalog_rows(out)
 
 
-def test_synthetic_views_turn_the_image_both_ways_filling_with_its_border_and_darken_it():
+def test_synthetic_views_turn_the_image_both_ways_filling_with_its_border_darken_and_shrink_it():
     from PIL import Image, ImageDraw
 
-    from client.catalog import CATALOG_VIEWS, VIEW_DARKER, VIEW_SIDE, synthetic_views
+    from client.catalog import CATALOG_VIEWS, VIEW_DARKER, VIEW_SIDE, VIEW_SMALL, synthetic_views
 
     img = Image.new("RGB", (300, 200), (250, 250, 250))
     ImageDraw.Draw(img).rectangle([100, 50, 200, 150], fill=(200, 30, 30))
@@ -106,6 +106,9 @@ def test_synthetic_views_turn_the_image_both_ways_filling_with_its_border_and_da
     assert np.asarray(plus).tobytes() != np.asarray(minus).tobytes()
     a, d = np.asarray(img, np.float32), np.asarray(dark, np.float32)
     assert dark.size == img.size and abs(d.mean() / a.mean() - VIEW_DARKER) < 0.01
+    small = views["small"]  # as a product far from the camera: its long side VIEW_SMALL px, the shape kept
+    assert small.size == (VIEW_SMALL, round(VIEW_SMALL * 200 / 300)) and small.getpixel((VIEW_SMALL // 2, small.height // 2)) == (200, 30, 30)
     big = dict(synthetic_views(Image.new("RGB", (4000, 1000), (0, 0, 0))))
     assert max(big["darker"].size) == VIEW_SIDE  # a large catalog image is shrunk first
+    assert "small" not in dict(synthetic_views(Image.new("RGB", (640, 40))))  # it would be 4 px high: left out
     assert synthetic_views(Image.new("RGB", (60000, 20))) == []  # a strip would shrink below the server's 8 px
