@@ -48,8 +48,8 @@ class BadImage(TritonError):
 DEFAULT_RETRY_SECONDS = 30.0
 RETRY_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # grpc.StatusCode names worth another attempt
 RETRY_INTERNAL = ("is not healthy",)  # INTERNAL errors that a retry can outlive: a model's Python process failed
-# NOT_FOUND while a server unloads its models on the way down (or has not loaded them yet): a restarted server
-# answers. A model that does not exist at all says "... is not found" instead, and is not retried.
+# NOT_FOUND while a server unloads its models on the way down (its gRPC port still answers): the server the
+# supervisor starts again answers. A model that does not exist at all says "... is not found" instead, and is not retried.
 RETRY_NOT_FOUND = ("has no available versions",)
 FIRST_DELAY, MAX_DELAY = 0.1, 5.0  # backoff: 0.1, 0.2, 0.4 ... 5 s (before jitter)
 
