@@ -47,19 +47,18 @@ class BadImage(TritonError):
 
 DEFAULT_RETRY_SECONDS = 30.0
 RETRY_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # grpc.StatusCode names worth another attempt
-RETRY_INTERNAL = ("is not healthy",)  # INTERNAL errors that a retry can outlive: a model's Python process failed
-# NOT_FOUND while a server unloads its models on the way down (its gRPC port still answers): the server the
-# supervisor starts again answers. A model that does not exist at all says "... is not found" instead, and is not retried.
-RETRY_NOT_FOUND = ("has no available versions",)
+# Other statuses worth another attempt only with one of these messages: INTERNAL when a model's Python process
+# failed; NOT_FOUND while a server unloads its models on the way down (its gRPC port still answers) and the server
+# the supervisor starts again will answer (a model that does not exist says "... is not found": not retried).
+RETRY_MESSAGES = {"INTERNAL": ("is not healthy",), "NOT_FOUND": ("has no available versions",)}
 FIRST_DELAY, MAX_DELAY = 0.1, 5.0  # backoff: 0.1, 0.2, 0.4 ... 5 s (before jitter)
 
 
 def retryable(status: str, message: str) -> bool:
     """Whether a failed request is worth another attempt (the server is down, slow, shutting down, or a model
     process failed)."""
-    return (any(s in status for s in RETRY_STATUSES)
-            or ("INTERNAL" in status and any(m in message for m in RETRY_INTERNAL))
-            or ("NOT_FOUND" in status and any(m in message for m in RETRY_NOT_FOUND)))
+    return any(s in status for s in RETRY_STATUSES) or any(
+        code in status and any(m in message for m in messages) for code, messages in RETRY_MESSAGES.items())
 
 
 def channel_args() -> list[tuple]:

@@ -26,16 +26,16 @@ def misses_section(misses: dict | None) -> list[str]:
 
 def report(m: dict) -> str:
     s = m["setup"]
-    pad_note = f"; detection boxes padded by {s['pad_boxes']} per side before cropping (NOT the served graph)" if s["pad_boxes"] else ""
+    not_served = f"; detection boxes padded by {s['pad_boxes']} per side before cropping (NOT the served graph)" if s["pad_boxes"] else ""
     if s.get("flip_features"):
-        pad_note += "; each crop's pooled vector averaged with its mirror image's (NOT the served graph)"
+        not_served += "; each crop's pooled vector averaged with its mirror image's (NOT the served graph)"
     lines = ["# Retrieval evaluation (held-out products)", "",
              f"Profile `{s['profile']}`, photoset: `{s['photoset']}`, evaluation seed {s['seed']}. "
              f"{s['held_out_products']} held-out products (never in training), {s['training_products']} training products; "
              f"gallery of {s['gallery']} catalog images ({s['distractors']} distractors); {s['query_objects']} query objects in "
              f"{s['query_scenes']} scenes on {s['eval_background_photos']} held-out background photos (and procedural ones); "
              f"{s['categories']} merged categories; detector threshold {s['score_threshold']}"
-             f"{pad_note}. Catalog: "
+             f"{not_served}. Catalog: "
              f"{s['catalog_points']} points ({'best detection + whole image' if s['catalog_whole_image'] else 'best detection'}"
              f"{' + synthetic views (' + ', '.join(s['catalog_synthetic_views']) + ')' if s.get('catalog_synthetic_views') else ''} "
              f"per image; {s['catalog_images_without_valid_detection']} images without a valid detection).", "",
