@@ -3,9 +3,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from client import spec
 from client.imaging import box_iou
 from export import train
-from export.models import REFINE_STEPS, BoxRefiner, Detector, decode_peaks, roi_grid
+from export.models import MERGED_REFINE_STEPS, REFINE_STEPS, BoxRefiner, Detector, decode_peaks, roi_grid
 
 
 def test_roi_grid_samples_the_cell_centres_of_the_grown_box():
@@ -85,3 +86,23 @@ def test_the_served_detector_refines_each_box_refine_steps_times():
         np.testing.assert_allclose(boxes.numpy(), det.refiner(f16, f32, once).numpy(), atol=1e-6)
     assert not np.allclose(boxes.numpy(), once.numpy(), atol=1e-4)
     np.testing.assert_array_equal(scores.numpy(), peak_scores.numpy())  # refining moves boxes, never rescores them
+
+
+def test_the_merged_boxes_are_refined_once_more_on_the_second_scale():
+    """models.MERGED_REFINE_STEPS: after the two scales' boxes are merged, the refiner moves each of them once more on
+    the second scale's maps (the photo upsampled to SECOND_SCALE); the scores stay those of the merge."""
+    torch.manual_seed(0)
+    det = Detector(pretrained=False).eval()
+    assert MERGED_REFINE_STEPS == 1 and det.merged_refine_steps == MERGED_REFINE_STEPS and det.second_scale
+    torch.nn.init.normal_(det.refiner.mlp[-1].weight, std=0.05)  # a refiner that moves boxes
+    x = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (1, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8))
+    with torch.no_grad():
+        boxes, scores = det(x)
+        det.merged_refine_steps = 0
+        merged, merged_scores = det(x)
+        up = F.interpolate(x.float(), size=(det.second_scale,) * 2, mode="bilinear", align_corners=False)
+        g16, g32, _ = det.backbone(up)
+        expected = det.refiner(g16, g32, merged)
+    np.testing.assert_allclose(boxes.numpy(), expected.numpy(), atol=1e-6)
+    assert not np.allclose(boxes.numpy(), merged.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(scores.numpy(), merged_scores.numpy())
