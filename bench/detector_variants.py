@@ -1,0 +1,182 @@
+"""Where the served detector's boxes come from, measured: python -m bench.detector_variants [--set hard] [--scenes 300]
+[--seed 555] [--variants shipped,no-last-step,...] [--heads data/build/heads_quick.pt].
+
+The served detector (export/models.py: Detector) and variants of its test-time steps, with the same trained head
+and refiner, on held-out products pasted on held-out backgrounds, each photo saved as JPEG (quality 90) and read
+back as a user's file, then the client's ``letterbox``. ``--set``: ``eval`` (export.evaluate's scenes, every
+held-out product), ``hard`` or ``pairs`` (bench.photo_search's settings, real cutouts only). Per variant: AP@0.5,
+recall / precision at the threshold, the products the client's rows (``client.search.select_rows``) box at
+IoU >= 0.5 and >= 0.7, objects per photo, boxes by object size, and the time. ``shipped`` is checked against
+``Detector.forward`` on the first photo. Prints one JSON line per variant (README, "A last refinement on the
+second scale"). A benchmark that prints numbers, not a test.
+
+Variants: shipped (flip test, second scale, refiner twice on each scale, the merged boxes refined once more on the
+416-px maps), no-last-step (without that last refinement), last-twice (two last steps), last-on-320 (the last step
+on the photo's own maps), all-on-416 (every box refined on the 416-px maps, no last step), last-at-512 /
+last-at-640 (the last step on a third backbone pass at that side, upsampled).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bench.photo_search import CHECKS
+from client import imaging, spec
+from client.search import select_rows
+from export import repository
+from export.build import ROOT
+from export.checkpoint import Heads
+from export.evaluate import load_setup
+from export.models import SECOND_SCALE, SECOND_SCALE_WEIGHT, decode_peaks, merge_boxes
+from export.scenes import Backgrounds, make_scene
+from export.train import detection_metrics
+
+VARIANTS = ("shipped", "no-last-step", "last-twice", "last-on-320", "all-on-416", "last-at-512", "last-at-640")
+
+
+def scenes(kind, n, seed):
+    """``n`` photos of held-out products: (detector input, image size, true boxes, each object's scale)."""
+    setup = load_setup(SimpleNamespace(repository=repository.REPOSITORY, no_photoset=False, synthetic_per_class=None))
+    src = setup.sources
+    bgs = Backgrounds(src.eval_backgrounds)
+    rng = np.random.default_rng(seed)
+    if kind == "eval":
+        prods, kw = src.held_out, {}
+    else:
+        prods, kw = [p for p in src.held_out if "__" in p.product_id], CHECKS[kind]
+    out = []
+    for _ in range(n):
+        s = make_scene(prods, bgs, rng, **kw)
+        buf = io.BytesIO(); s.image.save(buf, "JPEG", quality=90)
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        det, _, size = imaging.letterbox(img)
+        gt = np.array([o.box for o in s.objects], np.float32).reshape(-1, 4)
+        sides = np.array([o.transform["scale"] for o in s.objects])
+        out.append((det, size, gt, sides))
+    return out
+
+
+class Variant:
+    """The served detector's forward pass (export.models.Detector.forward, flip test on) with one test-time step
+    changed; ``shipped`` is the served one."""
+
+    def __init__(self, det, name):
+        self.d, self.name = det, name
+
+    def refine(self, f16, f32, boxes, steps):
+        for _ in range(steps):
+            boxes = self.d.refiner(f16, f32, boxes)
+        return boxes
+
+    @torch.no_grad()
+    def __call__(self, x):
+        d = self.d
+        n = x.shape[0]
+        f16, f32, _ = d.backbone(torch.cat([x, x.flip(3)], 0))
+        heat, size, off = d.head(f16, f32)
+        prob = torch.sigmoid(heat)
+        mprob, msize, moff = (t[n:].flip(3) for t in (prob, size, off))
+        f16, f32, prob, size, off = f16[:n], f32[:n], prob[:n], size[:n], off[:n]
+        prob, size = (prob + mprob) / 2, (size + msize) / 2
+        off = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
+        b1, s1 = decode_peaks(prob, size, off, d.k)
+        up = F.interpolate(x.float(), size=(SECOND_SCALE, SECOND_SCALE), mode="bilinear", align_corners=False)
+        g16, g32, _ = d.backbone(up)
+        h2, sz2, o2 = d.head(g16, g32)
+        b2, s2 = decode_peaks(torch.sigmoid(h2), sz2 * (spec.DET_SIZE / SECOND_SCALE), o2, d.k)
+        v = self.name
+        if v == "no-last-step":
+            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
+            return merge_boxes(b1, s1, b2, s2 * SECOND_SCALE_WEIGHT, d.k)
+        if v == "shipped":  # one more step on the 416-px maps after the merge
+            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
+            b, s = merge_boxes(b1, s1, b2, s2 * SECOND_SCALE_WEIGHT, d.k)
+            return self.refine(g16, g32, b, 1), s
+        if v == "last-twice":
+            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
+            b, s = merge_boxes(b1, s1, b2, s2 * SECOND_SCALE_WEIGHT, d.k)
+            return self.refine(g16, g32, b, 2), s
+        if v == "last-on-320":
+            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
+            b, s = merge_boxes(b1, s1, b2, s2 * SECOND_SCALE_WEIGHT, d.k)
+            return self.refine(f16, f32, b, 1), s
+        if v == "all-on-416":  # every box refined on the 416-px maps, no last step
+            b1 = self.refine(g16, g32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
+            return merge_boxes(b1, s1, b2, s2 * SECOND_SCALE_WEIGHT, d.k)
+        if v.startswith("last-at-"):  # a third backbone pass at that side, used only for the last step
+            z = int(v[len("last-at-"):])
+            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
+            b, s = merge_boxes(b1, s1, b2, s2 * SECOND_SCALE_WEIGHT, d.k)
+            upz = F.interpolate(x.float(), size=(z, z), mode="bilinear", align_corners=False)
+            z16, z32, _ = d.backbone(upz)
+            return self.refine(z16, z32, b, 1), s
+        raise ValueError(v)
+
+
+def measure(rows, name):
+    """The detector's figures over ``rows`` of (scene, (boxes, scores))."""
+    boxes_all, scores_all, gts = [], [], []
+    boxed = tight = total = reported = 0
+    bins = {}
+    for (det, size, gt, sides), (b, s) in rows:
+        m = float(max(size))
+        boxes_all.append(b); scores_all.append(s); gts.append(gt / m)
+        px = np.concatenate([b * m, np.zeros((1, 4), np.float32)])
+        sc = np.concatenate([s, [0.0]]).astype(np.float32)
+        valid = np.concatenate([s >= spec.SCORE_THRESHOLD, [True]])
+        sel = select_rows({spec.BOXES.name: px, spec.SCORES.name: sc, spec.VALID.name: valid})
+        reported += len(sel)
+        best = imaging.box_iou(gt, px[sel]).max(1) if len(sel) else np.zeros(len(gt))
+        anyk = imaging.box_iou(gt, b * m).max(1)
+        for j in range(len(gt)):
+            key = "<0.15" if sides[j] < 0.15 else "0.15-0.2" if sides[j] < 0.2 else "0.2-0.3" if sides[j] < 0.3 else ">=0.3"
+            t = bins.setdefault(key, [0, 0, 0])
+            t[0] += 1; t[1] += best[j] >= 0.5; t[2] += anyk[j] >= 0.5
+        boxed += int((best >= 0.5).sum()); tight += int((best >= 0.7).sum()); total += len(gt)
+    dm = detection_metrics(boxes_all, scores_all, gts)
+    r = {"variant": name, "ap50": dm["ap50"], "recall": dm["recall_at_threshold"], "precision": dm["precision_at_threshold"],
+         "boxed": round(boxed / total, 4), "tight": round(tight / total, 4), "objects_per_photo": round(reported / len(rows), 3),
+         "bins": {k: f"{v[1] / v[0]:.3f} (any {v[2] / v[0]:.3f}, n {v[0]})" for k, v in sorted(bins.items())}}
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=("eval", "hard", "pairs"), default="hard")
+    ap.add_argument("--scenes", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=555)
+    ap.add_argument("--variants", default="shipped,no-last-step", help=f"comma-separated, of {','.join(VARIANTS)}")
+    ap.add_argument("--heads", default=str(ROOT / "data" / "build" / "heads_quick.pt"))
+    args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        ap.error(f"--variants: unknown {sorted(set(variants) - set(VARIANTS))}; known: {','.join(VARIANTS)}")
+    torch.set_num_threads(2)
+    det = Heads.load(args.heads).detector_model()
+    data = scenes(args.set, args.scenes, args.seed)
+    with torch.no_grad():
+        x = torch.from_numpy(data[0][0])
+        want, got = det(x), Variant(det, "shipped")(x)
+    if any(float((a - b).abs().max()) > 1e-5 for a, b in zip(want, got)):
+        raise SystemExit("error: the 'shipped' variant no longer matches export.models.Detector; update this benchmark")
+    for v in variants:
+        var = Variant(det, v)
+        t = time.time()
+        rows = [(s, tuple(a[0].numpy() for a in var(torch.from_numpy(s[0])))) for s in data]
+        r = measure(rows, v)
+        r["seconds"] = round(time.time() - t, 1)
+        r["set"] = f"{args.set}, {args.scenes} scenes, seed {args.seed}"
+        print(json.dumps(r), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
