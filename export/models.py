@@ -189,8 +189,9 @@ SECOND_SCALE_WEIGHT = 0.35
 # still helps). README, "Refining twice".
 REFINE_STEPS = 2
 # ... and, after the two scales' boxes are merged, once more on the second scale's maps: there an object is 1.3x
-# larger against the backbone's strides, so the refiner sees its edges at a finer step. The same weights, no new
-# backbone pass. README, "A last refinement on the second scale".
+# larger against the backbone's strides, so the refiner's window over a box covers more feature cells. The same
+# weights, no new backbone pass. A moved box may then overlap another kept one by more than MERGE_IOU; the crop
+# graph's NonMaxSuppression (spec.MAX_OVERLAP) drops such repeats. README, "A last refinement on the second scale".
 MERGED_REFINE_STEPS = 1
 MERGE_IOU = 0.5  # a candidate overlapping a higher-scored kept one by more than this is the same object
 

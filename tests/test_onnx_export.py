@@ -179,8 +179,10 @@ def test_tied_rows_come_out_in_the_same_order_in_onnxruntime_as_in_torch(tmp_pat
 def test_served_detector_second_scale_adds_boxes_without_duplicates(torch_models):
     """The second test scale changes the served detector's rows; its merged rows are in score order and no two of
     those it scores above 0 overlap by more than MERGE_IOU; and the rows the photo's own scale gives that survive
-    the merge are still there, with their scores (before the last refinement of the merged boxes, which moves them:
-    tests/test_box_refiner.py)."""
+    the merge are still there, with their scores. All of this is checked on the merge itself, before the last
+    refinement of the merged boxes (MERGED_REFINE_STEPS, tests/test_box_refiner.py): that step moves boxes, so two
+    served rows may then overlap by more than MERGE_IOU, and the crop graph's NonMaxSuppression drops the repeat
+    (tests/test_crop_graph.py)."""
     torch, det, _, _ = torch_models
     from export.models import MERGE_IOU
 
