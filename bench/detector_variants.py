@@ -64,61 +64,40 @@ def scenes(kind, n, seed):
 
 
 class Variant:
-    """The served detector's forward pass (export.models.Detector.forward; it needs the flip test and the second
-    scale on, as served) with one test-time step changed; ``shipped`` is the served one. ``main`` checks
-    ``shipped`` and ``no-last-step`` against Detector itself."""
+    """The served detector (export.models.Detector: its ``scales`` and per-scale ``_boxes``; it needs the second
+    scale and the refiner on, as served) with the step after the merge of the two scales changed; ``shipped`` is
+    the served one. ``main`` checks ``shipped`` and ``no-last-step`` against Detector itself."""
 
     def __init__(self, det, name):
         self.d, self.name = det, name
 
-    def refine(self, f16, f32, boxes, steps):
+    def refine(self, maps, boxes, steps):
         for _ in range(steps):
-            boxes = self.d.refiner(f16, f32, boxes)
+            boxes = self.d.refiner(maps[0], maps[1], boxes)
         return boxes
 
     @torch.no_grad()
     def __call__(self, x):
-        d = self.d
-        assert d.flip_test and d.second_scale and d.refiner is not None, "the served detector's settings"
-        n = x.shape[0]
-        f16, f32, _ = d.backbone(torch.cat([x, x.flip(3)], 0))
-        heat, size, off = d.head(f16, f32)
-        prob = torch.sigmoid(heat)
-        mprob, msize, moff = (t[n:].flip(3) for t in (prob, size, off))
-        f16, f32, prob, size, off = f16[:n], f32[:n], prob[:n], size[:n], off[:n]
-        prob, size = (prob + mprob) / 2, (size + msize) / 2
-        off = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
-        b1, s1 = decode_peaks(prob, size, off, d.k)
-        up = F.interpolate(x.float(), size=(d.second_scale,) * 2, mode="bilinear", align_corners=False)
-        g16, g32, _ = d.backbone(up)
-        h2, sz2, o2 = d.head(g16, g32)
-        b2, s2 = decode_peaks(torch.sigmoid(h2), sz2 * (spec.DET_SIZE / d.second_scale), o2, d.k)
-        v = self.name
-        if v == "no-last-step":
-            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
-            return merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
-        if v == "shipped":  # one more step on the 416-px maps after the merge
-            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
-            b, s = merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
-            return self.refine(g16, g32, b, d.merged_refine_steps), s
-        if v == "last-twice":
-            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
-            b, s = merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
-            return self.refine(g16, g32, b, 2), s
-        if v == "last-on-320":
-            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
-            b, s = merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
-            return self.refine(f16, f32, b, 1), s
+        d, v = self.d, self.name
+        assert d.second_scale and d.refiner is not None, "the served detector's settings"
+        first, second = d.scales(x)
         if v == "all-on-416":  # every box refined on the 416-px maps, no last step
-            b1 = self.refine(g16, g32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
-            return merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
+            b1, s1 = decode_peaks(*first[2:], d.k)
+            b1 = self.refine(second, b1, d.refine_steps)
+        else:
+            b1, s1 = d._boxes(*first)
+        b2, s2 = d._boxes(*second)
+        boxes, scores = merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
+        if v in ("no-last-step", "all-on-416"):
+            return boxes, scores
+        if v in ("shipped", "last-twice"):  # on the 416-px maps
+            return self.refine(second, boxes, d.merged_refine_steps if v == "shipped" else 2), scores
+        if v == "last-on-320":
+            return self.refine(first, boxes, 1), scores
         if v.startswith("last-at-"):  # a third backbone pass at that side, used only for the last step
             z = int(v[len("last-at-"):])
-            b1 = self.refine(f16, f32, b1, d.refine_steps); b2 = self.refine(g16, g32, b2, d.refine_steps)
-            b, s = merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
-            upz = F.interpolate(x.float(), size=(z, z), mode="bilinear", align_corners=False)
-            z16, z32, _ = d.backbone(upz)
-            return self.refine(z16, z32, b, 1), s
+            z16, z32, _ = d.backbone(F.interpolate(x.float(), size=(z, z), mode="bilinear", align_corners=False))
+            return self.refine((z16, z32), boxes, 1), scores
         raise ValueError(v)
 
 

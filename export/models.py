@@ -256,7 +256,10 @@ class Detector(nn.Module):
                 boxes = self.refiner(f16, f32, boxes)
         return boxes, scores
 
-    def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scales(self, det_image: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """What the boxes come from, per scale: (stride-16 maps, stride-32 maps, heatmap probabilities, box sizes in
+        DET_SIZE units, sub-cell offsets); the photo's first (averaged with its mirror image's under ``flip_test``),
+        then the second scale's when there is one."""
         n = det_image.shape[0]
         f16, f32, _ = self.backbone(torch.cat([det_image, det_image.flip(3)], 0) if self.flip_test else det_image)
         heat, size, off = self.head(f16, f32)
@@ -266,15 +269,22 @@ class Detector(nn.Module):
             f16, f32, prob, size, off = f16[:n], f32[:n], prob[:n], size[:n], off[:n]
             prob, size = (prob + mprob) / 2, (size + msize) / 2
             off = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
-        boxes, scores = self._boxes(f16, f32, prob, size, off)
+        maps = [(f16, f32, prob, size, off)]
         if self.second_scale:  # box sizes are learned at DET_SIZE: scaled back by DET_SIZE / side
             up = F.interpolate(det_image.float(), size=(self.second_scale,) * 2, mode="bilinear", align_corners=False)
             g16, g32, _ = self.backbone(up)
             heat, size, off = self.head(g16, g32)
-            b2, s2 = self._boxes(g16, g32, torch.sigmoid(heat), size * (spec.DET_SIZE / self.second_scale), off)
+            maps.append((g16, g32, torch.sigmoid(heat), size * (spec.DET_SIZE / self.second_scale), off))
+        return maps
+
+    def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.scales(det_image)
+        boxes, scores = self._boxes(*maps[0])
+        if len(maps) > 1:
+            b2, s2 = self._boxes(*maps[1])
             boxes, scores = merge_boxes(boxes, scores, b2, s2 * self.second_weight, self.k)
             for _ in range(self.merged_refine_steps if self.refiner is not None else 0):
-                boxes = self.refiner(g16, g32, boxes)
+                boxes = self.refiner(*maps[1][:2], boxes)
         return boxes, scores
 
 
