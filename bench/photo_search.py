@@ -15,10 +15,11 @@ what is measured is what a user's commands return:
 
 Per product in a photo: boxed (a reported object overlaps its true box with IoU >= 0.5; tight: >= 0.7), top-1
 and top-5 (the product is first / in the first 5 of the reported object that overlaps it most, if boxed), top-1
-given a box, and the precision of the reported objects (those on a product). In the same run, the off-the-shelf
+given a box, and the precision of the reported objects (those on a product); the same split by how each product was
+shown (size, blur, noise, occlusion, angle, rotation, light: ``SPLITS``). In the same run, the off-the-shelf
 backbone (the PyPI EfficientNet-Lite0 the models start from, pooled, cosine) ranks the catalog for each
-product's *ground-truth* box: the issue's "free baseline". Writes data/bench/photo_search/photo_search.{json,md}
-and one PNG per check (photos with true and reported boxes).
+product's *ground-truth* box: the issue's "free baseline". Writes data/bench/photo_search/photo_search.{json,md},
+one PNG per check (photos with true and reported boxes) and by_transform.png (boxed and top-1 per bin).
 """
 from __future__ import annotations
 
@@ -148,6 +149,78 @@ def summarise(rows: list[dict], reported: list[bool], base: list[int] | None, ph
     return out
 
 
+# How each product was shown (its transform, export/scenes.py: make_scene), in the bins of the by-transform table:
+# which conditions cost boxes and which cost the match once boxed. Per split: (bin of a transform, bins in order).
+SPLITS = {
+    "size (of the short side)": (lambda t: "< 0.15" if t["scale"] < 0.15 else "0.15-0.2" if t["scale"] < 0.2 else "0.2-0.3"
+                                 if t["scale"] < 0.3 else "0.3-0.4" if t["scale"] < 0.4 else ">= 0.4",
+                                 ("< 0.15", "0.15-0.2", "0.2-0.3", "0.3-0.4", ">= 0.4")),
+    "blur (Gaussian sigma, px)": (lambda t: "sharp" if "blur" not in t else "< 1" if t["blur"] < 1 else "1-1.5"
+                                  if t["blur"] < 1.5 else ">= 1.5", ("sharp", "< 1", "1-1.5", ">= 1.5")),
+    "noise": (lambda t: "noisy" if "noise" in t else "clean", ("clean", "noisy")),
+    "occlusion": (lambda t: "partly hidden" if "occlusion" in t else "whole", ("whole", "partly hidden")),
+    "perspective": (lambda t: "at an angle" if "perspective" in t else "facing", ("facing", "at an angle")),
+    "rotation": (lambda t: ">= 15 deg" if abs(t.get("rotation", 0)) >= 15 else "< 15 deg", ("< 15 deg", ">= 15 deg")),
+    "light": (lambda t: "dark < 0.75" if t.get("light", 1) < 0.75 else "normal", ("normal", "dark < 0.75")),
+}
+
+
+def by_transform(rows: list[dict], base: list[int] | None) -> dict[str, dict[str, dict]]:
+    """Per SPLITS split and bin (in the split's order; empty bins left out): products, boxed, top-1, top-1 given a
+    box and, with ``base`` (the baseline's rank per row), the baseline's top-1 on ground-truth boxes."""
+    out: dict[str, dict[str, dict]] = {}
+    for split, (bin_of, order) in SPLITS.items():
+        groups: dict[str, list[int]] = {b: [] for b in order}
+        for i, r in enumerate(rows):
+            groups[bin_of(r["transform"])].append(i)
+        table = {}
+        for name, idx in groups.items():
+            if not idx:
+                continue
+            sel = [rows[i] for i in idx]
+            boxed = [r for r in sel if r["boxed"]]
+            table[name] = {"products": len(sel), "boxed": round(float(np.mean([r["boxed"] for r in sel])), 3),
+                           "top1": round(float(np.mean([r["top1"] for r in sel])), 3),
+                           "top1_given_box": round(float(np.mean([r["top1"] for r in boxed])), 3) if boxed else None}
+            if base is not None:
+                table[name]["baseline_gt_top1"] = round(float(np.mean([base[i] == 1 for i in idx])), 3)
+        out[split] = table
+    return out
+
+
+def transform_plot(path: Path, checks: dict) -> None:
+    """One panel per split: boxed and top-1 per bin, a bar pair per check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    checks = {n: c["by_transform"] for n, c in checks.items() if c.get("by_transform")}
+    if not checks:
+        return
+    cols = 4
+    rows = -(-len(SPLITS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), sharey=True, squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(SPLITS):]:
+        ax.axis("off")
+    for ax, split in zip(axes, SPLITS):
+        labels, boxed, top1 = [], [], []
+        for name, tables in checks.items():
+            for b, m in tables[split].items():
+                labels.append(f"{name}\n{b}\n({m['products']})"); boxed.append(m["boxed"]); top1.append(m["top1"])
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, boxed, 0.4, label="boxed", color="#9ab")
+        ax.bar(x + 0.2, top1, 0.4, label="top-1", color="#c63")
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_title(split, fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def picture(path: Path, truths: list[dict], reports: list[dict], scored: list[list[dict]], n: int = 12) -> None:
     """The first ``n`` photos: true boxes green (thick when found at top-1), reported objects red, each with
     its first result's product id."""
@@ -191,6 +264,17 @@ def report_lines(result: dict) -> list[str]:
                      f"{m['boxed']:.3f} | {m['tight']:.3f} | {given} | {m['objects_per_photo']:.2f} | "
                      f"{m['precision_of_reported_objects']:.3f} | {base} | {c['index_images_per_second']:.2f} | "
                      f"{c['search_seconds_per_photo']:.2f} |")
+    for name, c in result["checks"].items():
+        if not c.get("by_transform"):
+            continue
+        lines += ["", f"**{name}, by how the product was shown** (top-1 given a box: of the products boxed; baseline: "
+                  "ground-truth boxes)", "",
+                  "| split | bin | products | boxed | top-1 | top-1 given a box | baseline top-1 |", "|---|---|---|---|---|---|---|"]
+        for split, table in c["by_transform"].items():
+            for b, m in table.items():
+                given = "–" if m["top1_given_box"] is None else f"{m['top1_given_box']:.3f}"
+                base = f"{m['baseline_gt_top1']:.3f}" if "baseline_gt_top1" in m else "–"
+                lines.append(f"| {split} | {b} | {m['products']} | {m['boxed']:.3f} | {m['top1']:.3f} | {given} | {base} |")
     return lines
 
 
@@ -260,17 +344,19 @@ def main(argv: list[str] | None = None) -> int:
             result["checks"][name] = {"catalog_images": len(catalog), "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
                                       "index_seconds": round(index_s, 1), "index_images_per_second": round(len(catalog) / index_s, 2),
                                       "search_seconds_per_photo": round(search_s / n_photos, 3),
-                                      "summary": summarise(rows, reported, ranks, n_photos), "rows": rows}
+                                      "summary": summarise(rows, reported, ranks, n_photos),
+                                      "by_transform": by_transform(rows, ranks), "rows": rows}
             picture(args.out / f"{name}.png", truths, reports, scored)
     finally:
         if server is not None:
             server.down()
         shutil.rmtree(work, ignore_errors=True)
+    transform_plot(args.out / "by_transform.png", result["checks"])
     lines = report_lines(result)
     (args.out / "photo_search.json").write_text(json.dumps(result, indent=1))
     (args.out / "photo_search.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"wrote {args.out}/photo_search.json, .md and {', '.join(n + '.png' for n in result['checks'])}", file=sys.stderr)
+    print(f"wrote {args.out}/photo_search.json, .md, by_transform.png and {', '.join(n + '.png' for n in result['checks'])}", file=sys.stderr)
     return 0
 
 

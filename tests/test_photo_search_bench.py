@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.photo_search import on_product, score_photo, summarise
+from bench.photo_search import SPLITS, by_transform, on_product, score_photo, summarise
 from client import spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,22 @@ def test_a_product_counts_where_the_object_that_overlaps_it_most_ranks_it():
     assert (s["baseline_gt_top1"], s["baseline_gt_top5"]) == (0.333, 0.667)
 
 
+def test_the_split_by_transform_counts_each_product_in_its_bin():
+    rows = [{"boxed": True, "top1": True, "transform": {"scale": 0.12, "blur": 1.7, "rotation": -20.0}},
+            {"boxed": True, "top1": False, "transform": {"scale": 0.13, "noise": 5.0, "rotation": 3.0}},
+            {"boxed": False, "top1": False, "transform": {"scale": 0.45, "blur": 0.6, "light": 0.6, "occlusion": 0.2}}]
+    t = by_transform(rows, base=[1, 4, 1])
+    assert list(t) == list(SPLITS)
+    assert t["size (of the short side)"] == {
+        "< 0.15": {"products": 2, "boxed": 1.0, "top1": 0.5, "top1_given_box": 0.5, "baseline_gt_top1": 0.5},
+        ">= 0.4": {"products": 1, "boxed": 0.0, "top1": 0.0, "top1_given_box": None, "baseline_gt_top1": 1.0}}
+    assert list(t["blur (Gaussian sigma, px)"]) == ["sharp", "< 1", ">= 1.5"]  # the split's order, empty bins left out
+    assert [m["products"] for m in t["blur (Gaussian sigma, px)"].values()] == [1, 1, 1]
+    assert t["rotation"][">= 15 deg"]["top1"] == 1.0 and t["rotation"]["< 15 deg"]["products"] == 2
+    assert t["light"]["dark < 0.75"]["boxed"] == 0.0 and t["occlusion"]["partly hidden"]["products"] == 1
+    assert "baseline_gt_top1" not in by_transform(rows, None)["noise"]["noisy"]
+
+
 def test_no_object_reported_is_a_miss():
     rows = score_photo({"objects": []}, TRUTH)
     assert [r["boxed"] or r["top5"] for r in rows] == [False] * 3
@@ -63,6 +79,7 @@ def test_the_benchmark_runs_the_users_commands_end_to_end(triton, tmp_path):
     assert c["catalog_images"] > m["products"] and c["index_images_per_second"] > 0
     if (ROOT / "data" / "build" / "backbone.onnx").exists():
         assert 0 <= m["baseline_gt_top1"] <= m["baseline_gt_top5"] <= 1
-    assert (out / "pairs.png").stat().st_size > 10_000
+    assert (out / "pairs.png").stat().st_size > 10_000 and (out / "by_transform.png").stat().st_size > 10_000
+    assert sum(b["products"] for b in c["by_transform"]["blur (Gaussian sigma, px)"].values()) == m["products"]
     md = (out / "photo_search.md").read_text()
-    assert "| pairs | 3 |" in md and result["embedder_id"] in md
+    assert "| pairs | 3 |" in md and result["embedder_id"] in md and "**pairs, by how the product was shown**" in md
