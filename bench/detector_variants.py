@@ -73,7 +73,7 @@ class Variant:
 
     def refine(self, maps, boxes, steps):
         for _ in range(steps):
-            boxes = self.d.refiner(maps[0], maps[1], boxes)
+            boxes = self.d.refiner(maps[0], maps[1], boxes, maps[5])
         return boxes
 
     @torch.no_grad()
@@ -96,8 +96,9 @@ class Variant:
             return self.refine(first, boxes, 1), scores
         if v.startswith("last-at-"):  # a third backbone pass at that side, used only for the last step
             z = int(v[len("last-at-"):])
-            z16, z32, _ = d.backbone(F.interpolate(x.float(), size=(z, z), mode="bilinear", align_corners=False))
-            return self.refine((z16, z32), boxes, 1), scores
+            z8, z16, z32 = d.backbone.detector_maps(F.interpolate(x.float(), size=(z, z), mode="bilinear", align_corners=False),
+                                                    d.stride8)
+            return self.refine((z16, z32, None, None, None, z8), boxes, 1), scores
         raise ValueError(v)
 
 

@@ -58,6 +58,7 @@ class TrainingData:
     f32: np.ndarray  # detector images: stride-32 backbone maps
     c32: np.ndarray  # crops: stride-32 maps (for the embedder's tuned head)
     pooled: np.ndarray  # crops: pooled 1280-d vectors
+    f8: np.ndarray | None = None  # detector images: stride-8 maps, for a detector that reads them (models.STRIDE8)
 
     @property
     def fine_of(self) -> np.ndarray:
@@ -71,10 +72,13 @@ def features(dcfg, sources, build_dir: Path):
     decides them (config, product ids, background names, DATA_VERSION): a retrain with other head or
     loss settings, or a build that was interrupted after this stage, starts from the cache."""
     from export import dataset
+    from export.models import STRIDE8
 
-    key = hashlib.sha256(json.dumps({"data": asdict(dcfg), "products": [p.product_id for p in sources.products],
-                                     "backgrounds": [p.name for p in sources.train_backgrounds], "version": DATA_VERSION},
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    decides = {"data": asdict(dcfg), "products": [p.product_id for p in sources.products],
+               "backgrounds": [p.name for p in sources.train_backgrounds], "version": DATA_VERSION}
+    if STRIDE8:  # the detector's stride-8 maps are cached too (a key of its own; without them the key is unchanged)
+        decides["stride8"] = True
+    key = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
     path = build_dir / f"features_{key}.npz"
     if path.exists():
         print(f"using cached data and features {path}")
@@ -82,19 +86,20 @@ def features(dcfg, sources, build_dir: Path):
         splits = np.cumsum(z["box_counts"])[:-1]
         det = dataset.DetectorData(None, np.split(z["boxes"], splits), z["det_val"])
         crops = dataset.CropData(None, z["product"], z["is_catalog"], z["crop_val"])
-        return det, crops, z["f16"], z["f32"], z["c32"], z["pooled"]
+        return det, crops, z["f16"], z["f32"], z["c32"], z["pooled"], (z["f8"] if STRIDE8 else None)
     det, crops = dataset.generate(dcfg, sources)
     runner = dataset.BackboneRunner(build_dir / "backbone.onnx")
-    f16, f32, _ = runner.run(det.images, desc="detector features")
+    f8, f16, f32 = runner.run(det.images, desc="detector features", outputs=("f8", "f16", "f32"))
+    f8 = f8 if STRIDE8 else None
     c32, pooled = runner.run(crops.crops, batch=64, desc="crop features", outputs=("f32", "pooled"))
     for old in build_dir.glob("features_*.npz"):
         old.unlink()
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, boxes=np.concatenate(det.boxes).reshape(-1, 4), box_counts=np.array([len(b) for b in det.boxes]),
              det_val=det.val, product=crops.product, is_catalog=crops.is_catalog, crop_val=crops.val,
-             f16=f16, f32=f32, c32=c32, pooled=pooled)
+             f16=f16, f32=f32, c32=c32, pooled=pooled, **({"f8": f8} if STRIDE8 else {}))
     tmp.replace(path)
-    return det, crops, f16, f32, c32, pooled
+    return det, crops, f16, f32, c32, pooled, f8
 
 
 def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict) -> TrainingData:
@@ -141,15 +146,17 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
     else:
         from export.models import Detector
 
-        det = Detector(refine=tcfg.det_refine_epochs > 0)
+        det = Detector(refine=tcfg.det_refine_epochs > 0, stride8=data.f8 is not None)
         train_idx = np.where(~data.det.val)[0]
-        log["detector_curve"] = train.train_detector(det.head, data.f16, data.f32, data.det.boxes, train_idx, tcfg)
+        log["detector_curve"] = train.train_detector(det.head, data.f16, data.f32, data.det.boxes, train_idx, tcfg, f8=data.f8)
         if det.refiner is not None:  # the refiner learns from the trained head's own boxes on the training scenes
-            proposals, _ = train.run_detector_head(det.head, data.f16, data.f32, train_idx)
-            log["refiner_curve"] = train.train_refiner(det.refiner, data.f16, data.f32, data.det.boxes, proposals, train_idx, tcfg)
+            proposals, _ = train.run_detector_head(det.head, data.f16, data.f32, train_idx, f8=data.f8)
+            log["refiner_curve"] = train.train_refiner(det.refiner, data.f16, data.f32, data.det.boxes, proposals, train_idx,
+                                                       tcfg, f8=data.f8)
     val_idx = np.where(data.det.val)[0]
     gt = [data.det.boxes[i] for i in val_idx]
-    pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx, det.refiner, det.refine_steps)
+    f8 = data.f8 if det.stride8 else None
+    pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx, det.refiner, det.refine_steps, f8=f8)
     log["detector_val"] = train.detection_metrics(pb, ps, gt)
     log["detector_val"]["tight_iou0.7"] = train.detection_metrics(pb, ps, gt, iou_thr=0.7)["recall_at_threshold"]
     print("detector (validation scenes):", log["detector_val"])

@@ -75,7 +75,8 @@ class Heads:
                    e["proj"], e["center"], e["tuned_head"], raw["log"], raw.get("detector_refiner"))
 
     def detector_model(self, *, pretrained: bool = True) -> Detector:
-        det = Detector(pretrained=pretrained, refine=self.detector_refiner is not None)
+        det = Detector(pretrained=pretrained, refine=self.detector_refiner is not None,
+                       stride8="lat8.weight" in self.detector)
         det.head.load_state_dict(self.detector)
         if det.refiner is not None:
             det.refiner.load_state_dict(self.detector_refiner)

@@ -73,17 +73,30 @@ def load_sources(cfg: DataConfig) -> Sources:
 class BackboneRunner:
     """The frozen backbone as an onnxruntime session (exported once per build directory)."""
 
+    OUTPUTS = ("f8", "f16", "f32", "pooled")
+
     def __init__(self, onnx_path: Path):
-        if not onnx_path.exists():
-            import torch
+        if onnx_path.exists():
+            self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            if tuple(o.name for o in self.session.get_outputs()) == self.OUTPUTS:
+                return
+        import torch
 
-            from export.models import Backbone
+        from export.models import Backbone
 
-            net = Backbone().eval()
-            dummy = torch.zeros(1, 3, spec.CROP_SIZE, spec.CROP_SIZE, dtype=torch.uint8)
-            onnx_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.onnx.export(net, (dummy,), str(onnx_path), input_names=["x"], output_names=["f16", "f32", "pooled"],
-                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=spec.ONNX_OPSET, dynamo=False)
+        class AllMaps(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = Backbone().eval()
+
+            def forward(self, x):
+                f8, f16, f32 = self.net.detector_maps(x, with8=True)
+                return f8, f16, f32, self.net.head(f32).mean(dim=(2, 3))
+
+        dummy = torch.zeros(1, 3, spec.CROP_SIZE, spec.CROP_SIZE, dtype=torch.uint8)
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.onnx.export(AllMaps().eval(), (dummy,), str(onnx_path), input_names=["x"], output_names=list(self.OUTPUTS),
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=spec.ONNX_OPSET, dynamo=False)
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
     def run(self, images: np.ndarray, batch: int = 16, desc: str = "backbone", outputs=("f16", "f32", "pooled")) -> list[np.ndarray]:

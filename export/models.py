@@ -52,8 +52,9 @@ class Backbone(nn.Module):
             st = b._block_args.stride
             s *= st[0] if isinstance(st, (list, tuple)) else st
             strides.append(s)
+        self.idx8 = max(i for i, st in enumerate(strides) if st == 8)
         self.idx16 = max(i for i, st in enumerate(strides) if st == 16)
-        self.c16, self.c32 = channels[self.idx16], channels[-1]
+        self.c8, self.c16, self.c32 = channels[self.idx8], channels[self.idx16], channels[-1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.stem(self.norm(x))
@@ -68,6 +69,18 @@ class Backbone(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)[2]
 
+    def detector_maps(self, x: torch.Tensor, with8: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(stride-8 maps or None, stride-16 maps, stride-32 maps): the detector's inputs, without the 1280-d head."""
+        x = self.stem(self.norm(x))
+        f8 = f16 = x
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.idx8:
+                f8 = x
+            if i == self.idx16:
+                f16 = x
+        return (f8 if with8 else None), f16, x
+
 
 def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
@@ -76,12 +89,15 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 class DetectorHead(nn.Module):
-    """Centre heatmap + box size + sub-cell offset over fused stride-16/32 features."""
+    """Centre heatmap + box size + sub-cell offset over fused stride-16/32 features; with ``c8`` the stride-8 maps
+    join too, each 2x2 block of them read by a 2x2 stride-2 conv into its stride-16 cell (finer detail for small
+    objects at no more cells)."""
 
-    def __init__(self, c16: int, c32: int, width: int = 96) -> None:
+    def __init__(self, c16: int, c32: int, width: int = 96, c8: int = 0) -> None:
         super().__init__()
         self.lat16 = nn.Conv2d(c16, width, 1)
         self.lat32 = nn.Conv2d(c32, width, 1)
+        self.lat8 = nn.Conv2d(c8, width, 2, stride=2) if c8 else None
         self.tower = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -91,8 +107,11 @@ class DetectorHead(nn.Module):
         self.offset = nn.Conv2d(width, 2, 1)
         nn.init.constant_(self.heatmap.bias, -2.19)  # CenterNet prior: sigmoid(-2.19) = 0.1
 
-    def forward(self, f16: torch.Tensor, f32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, f16: torch.Tensor, f32: torch.Tensor, f8: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.lat16(f16) + F.interpolate(self.lat32(f32), size=f16.shape[-2:], mode="nearest")
+        if self.lat8 is not None:
+            x = x + self.lat8(f8)
         x = self.tower(x)
         return self.heatmap(x), torch.sigmoid(self.size(x)), torch.sigmoid(self.offset(x))
 
@@ -155,18 +174,20 @@ class BoxRefiner(nn.Module):
     an untrained refiner returns its boxes unchanged. Trained on the detector's own boxes on training scenes and on
     jittered true boxes (export.train.train_refiner)."""
 
-    def __init__(self, c16: int, c32: int, width: int = 64, hidden: int = 256, grid: int = 7, grow: float = 1.5) -> None:
+    def __init__(self, c16: int, c32: int, width: int = 64, hidden: int = 256, grid: int = 7, grow: float = 1.5,
+                 c8: int = 0) -> None:
         super().__init__()
-        self.grid, self.grow = grid, grow
-        self.lateral = nn.Conv2d(c16 + c32, width, 1)
+        self.grid, self.grow, self.with8 = grid, grow, bool(c8)
+        self.lateral = nn.Conv2d(c16 + c32 + c8, width, 1)
         self.mlp = nn.Sequential(nn.Flatten(1), nn.Linear(width * grid * grid, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, f16: torch.Tensor, f32: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def forward(self, f16: torch.Tensor, f32: torch.Tensor, boxes: torch.Tensor, f8: torch.Tensor | None = None) -> torch.Tensor:
         n, k = boxes.shape[:2]
         g = roi_grid(boxes, self.grid, self.grow)
-        s = torch.cat([F.grid_sample(f16, g, align_corners=False), F.grid_sample(f32, g, align_corners=False)], 1)
+        maps = (f16, f32, f8) if self.with8 else (f16, f32)
+        s = torch.cat([F.grid_sample(f, g, align_corners=False) for f in maps], 1)
         s = s.reshape(n, -1, k, self.grid, self.grid).transpose(1, 2).reshape(n * k, -1, self.grid, self.grid)
         moves = self.mlp(torch.relu(self.lateral(s))).reshape(n, k, 4)
         wh = boxes[..., 2:] - boxes[..., :2]
@@ -193,6 +214,8 @@ REFINE_STEPS = 2
 # weights, no new backbone pass. A moved box may then overlap another kept one by more than MERGE_IOU; the crop
 # graph's NonMaxSuppression (spec.MAX_OVERLAP) drops such repeats. README, "A last refinement on the second scale".
 MERGED_REFINE_STEPS = 1
+# The head and the refiner also read the backbone's stride-8 maps (README, "A stride-8 input for the detector").
+STRIDE8 = False
 MERGE_IOU = 0.5  # a candidate overlapping a higher-scored kept one by more than this is the same object
 
 
@@ -230,51 +253,56 @@ class Detector(nn.Module):
     same head and refiner also look at the photo upsampled to that side (objects larger against the backbone's
     strides); those boxes, their sizes scaled back and their scores times ``second_weight``, are merged with the
     first ones (``merge_boxes``), and the refiner moves each merged box ``merged_refine_steps`` more times on that
-    scale's maps. Training never uses the mirror or the second scale (the head and refiner are trained
-    on cached maps of the photos at DET_SIZE); both are test-time choices only."""
+    scale's maps. With ``stride8`` the head and the refiner also read the backbone's stride-8 maps. Training never
+    uses the mirror or the second scale (the head and refiner are trained on cached maps of the photos at
+    DET_SIZE); both are test-time choices only."""
 
     def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS, refine: bool = True,
                  flip_test: bool = FLIP_TEST, second_scale: int = SECOND_SCALE,
                  second_weight: float = SECOND_SCALE_WEIGHT, refine_steps: int = REFINE_STEPS,
-                 merged_refine_steps: int = MERGED_REFINE_STEPS) -> None:
+                 merged_refine_steps: int = MERGED_REFINE_STEPS, stride8: bool = STRIDE8) -> None:
         super().__init__()
         self.backbone = freeze(Backbone(pretrained=pretrained))
-        self.head = DetectorHead(self.backbone.c16, self.backbone.c32)
-        self.refiner = BoxRefiner(self.backbone.c16, self.backbone.c32) if refine else None
+        c8 = self.backbone.c8 if stride8 else 0
+        self.head = DetectorHead(self.backbone.c16, self.backbone.c32, c8=c8)
+        self.refiner = BoxRefiner(self.backbone.c16, self.backbone.c32, c8=c8) if refine else None
         self.k = k
         self.flip_test = flip_test
         self.second_scale, self.second_weight = second_scale, second_weight
         self.refine_steps = refine_steps
         self.merged_refine_steps = merged_refine_steps
+        self.stride8 = stride8
 
     def _boxes(self, f16: torch.Tensor, f32: torch.Tensor, prob: torch.Tensor, size: torch.Tensor,
-               off: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               off: torch.Tensor, f8: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-K peaks of one scale's maps, refined ``refine_steps`` times on that scale's features."""
         boxes, scores = decode_peaks(prob, size, off, self.k)
         if self.refiner is not None:
             for _ in range(self.refine_steps):
-                boxes = self.refiner(f16, f32, boxes)
+                boxes = self.refiner(f16, f32, boxes, f8)
         return boxes, scores
 
     def scales(self, det_image: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
         """What the boxes come from, per scale: (stride-16 maps, stride-32 maps, heatmap probabilities, box sizes in
-        DET_SIZE units, sub-cell offsets); the photo's first (averaged with its mirror image's under ``flip_test``),
-        then the second scale's when there is one."""
+        DET_SIZE units, sub-cell offsets, stride-8 maps or None); the photo's first (averaged with its mirror image's
+        under ``flip_test``), then the second scale's when there is one."""
         n = det_image.shape[0]
-        f16, f32, _ = self.backbone(torch.cat([det_image, det_image.flip(3)], 0) if self.flip_test else det_image)
-        heat, size, off = self.head(f16, f32)
+        x = torch.cat([det_image, det_image.flip(3)], 0) if self.flip_test else det_image
+        f8, f16, f32 = self.backbone.detector_maps(x, self.stride8)
+        heat, size, off = self.head(f16, f32, f8)
         prob = torch.sigmoid(heat)
         if self.flip_test:
             mprob, msize, moff = (t[n:].flip(3) for t in (prob, size, off))
             f16, f32, prob, size, off = f16[:n], f32[:n], prob[:n], size[:n], off[:n]
+            f8 = f8[:n] if f8 is not None else None
             prob, size = (prob + mprob) / 2, (size + msize) / 2
             off = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
-        maps = [(f16, f32, prob, size, off)]
+        maps = [(f16, f32, prob, size, off, f8)]
         if self.second_scale:  # box sizes are learned at DET_SIZE: scaled back by DET_SIZE / side
             up = F.interpolate(det_image.float(), size=(self.second_scale,) * 2, mode="bilinear", align_corners=False)
-            g16, g32, _ = self.backbone(up)
-            heat, size, off = self.head(g16, g32)
-            maps.append((g16, g32, torch.sigmoid(heat), size * (spec.DET_SIZE / self.second_scale), off))
+            g8, g16, g32 = self.backbone.detector_maps(up, self.stride8)
+            heat, size, off = self.head(g16, g32, g8)
+            maps.append((g16, g32, torch.sigmoid(heat), size * (spec.DET_SIZE / self.second_scale), off, g8))
         return maps
 
     def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,8 +311,9 @@ class Detector(nn.Module):
         if len(maps) > 1:
             b2, s2 = self._boxes(*maps[1])
             boxes, scores = merge_boxes(boxes, scores, b2, s2 * self.second_weight, self.k)
+            g16, g32, *_, g8 = maps[1]
             for _ in range(self.merged_refine_steps if self.refiner is not None else 0):
-                boxes = self.refiner(*maps[1][:2], boxes)
+                boxes = self.refiner(g16, g32, boxes, g8)
         return boxes, scores
 
 

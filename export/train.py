@@ -108,11 +108,14 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pos_loss + neg_loss) / pos.sum().clamp(min=1)
 
 
-def feature_dropout(x16: torch.Tensor, x32: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel dropout on the cached stride-16/32 maps (TrainConfig.det_feature_dropout; none at p = 0)."""
-    if p > 0:
-        return F.dropout2d(x16, p), F.dropout2d(x32, p)
-    return x16, x32
+def feature_dropout(*maps: torch.Tensor | None, p: float) -> tuple[torch.Tensor | None, ...]:
+    """Channel dropout on the cached backbone maps (TrainConfig.det_feature_dropout; none at p = 0; None stays None)."""
+    return tuple(F.dropout2d(x, p) if p > 0 and x is not None else x for x in maps)
+
+
+def cached(maps: np.ndarray | None, rows) -> torch.Tensor | None:
+    """Rows of a cached map array as float32, or None when there is no such array."""
+    return None if maps is None else torch.from_numpy(maps[rows]).float()
 
 
 def step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor) -> float:
@@ -125,7 +128,8 @@ def step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor) -> float:
 
 
 def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: list[np.ndarray], train_idx: np.ndarray,
-                   cfg: TrainConfig) -> list[dict]:
+                   cfg: TrainConfig, f8: np.ndarray | None = None) -> list[dict]:
+    """The heatmap head on cached maps (``f8``: the stride-8 maps, for a head that reads them)."""
     torch.manual_seed(cfg.seed)
     h, w = f16.shape[-2:]
     targets = centernet_targets(boxes, h, w)
@@ -140,16 +144,17 @@ def train_detector(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, boxes: 
         total = 0.0
         for i in range(0, len(perm), cfg.batch):
             b = perm[i:i + cfg.batch]
-            x16, x32 = torch.from_numpy(f16[b]).float(), torch.from_numpy(f32[b]).float()
+            x16, x32, x8 = cached(f16, b), cached(f32, b), cached(f8, b)
             heat, size, offset, mask, box, region = (t[b] for t in targets)
             if rng.random() < 0.5:  # horizontal flip of the feature maps and targets
                 x16, x32, heat, size, mask = x16.flip(-1), x32.flip(-1), heat.flip(-1), size.flip(-1), mask.flip(-1)
+                x8 = x8.flip(-1) if x8 is not None else None
                 offset = offset.flip(-1)
                 offset = torch.stack([torch.where(mask[:, 0] > 0, 1 - offset[:, 0], offset[:, 0]), offset[:, 1]], 1)
                 box, region = box.flip(-1), region.flip(-1)
                 box = torch.stack([1 - box[:, 2], box[:, 1], 1 - box[:, 0], box[:, 3]], 1) * region
-            x16, x32 = feature_dropout(x16, x32, cfg.det_feature_dropout)
-            logits, psize, poff = head(x16, x32)
+            x16, x32, x8 = feature_dropout(x16, x32, x8, p=cfg.det_feature_dropout)
+            logits, psize, poff = head(x16, x32, x8)
             n_pos = mask.sum().clamp(min=1)
             # the size, at every cell of an object's centre region: the box of that size around the object's true
             # centre against its box, by GIoU (the offset is learned at the centre cell, where decoding reads it)
@@ -191,17 +196,17 @@ def detection_metrics(pred_boxes: list[np.ndarray], pred_scores: list[np.ndarray
 
 
 def run_detector_head(head: DetectorHead, f16: np.ndarray, f32: np.ndarray, idx: np.ndarray,
-                      refiner: BoxRefiner | None = None, steps: int = 1) -> tuple[list, list]:
+                      refiner: BoxRefiner | None = None, steps: int = 1, f8: np.ndarray | None = None) -> tuple[list, list]:
     """The detector's top-K boxes and scores on cached features of images ``idx`` (refined ``steps`` times when
     ``refiner`` is given)."""
     boxes, scores = [], []
     with torch.no_grad():
         for i in range(0, len(idx), 64):
             b = idx[i:i + 64]
-            x16, x32 = torch.from_numpy(f16[b]).float(), torch.from_numpy(f32[b]).float()
-            bx, sc = decode_topk(*head(x16, x32), spec.MAX_OBJECTS)
+            x16, x32, x8 = cached(f16, b), cached(f32, b), cached(f8, b)
+            bx, sc = decode_topk(*head(x16, x32, x8), spec.MAX_OBJECTS)
             for _ in range(steps if refiner is not None else 0):
-                bx = refiner(x16, x32, bx)
+                bx = refiner(x16, x32, bx, x8)
             boxes += list(bx.numpy()); scores += list(sc.numpy())
     return boxes, scores
 
@@ -225,7 +230,8 @@ def refiner_samples(proposals: list[np.ndarray], gt: list[np.ndarray], idx: np.n
 
 
 def train_refiner(refiner: BoxRefiner, f16: np.ndarray, f32: np.ndarray, gt: list[np.ndarray], proposals: list[np.ndarray],
-                  idx: np.ndarray, cfg: TrainConfig, batch: int = 256, progress: bool = True) -> list[dict]:
+                  idx: np.ndarray, cfg: TrainConfig, batch: int = 256, progress: bool = True,
+                  f8: np.ndarray | None = None) -> list[dict]:
     """Trains ``refiner`` on cached features: samples from ``refiner_samples``, each box's edges jittered by up to
     ``cfg.det_refine_jitter`` of its side every epoch, loss 1 - GIoU + 5 x L1 against the true box, channel
     dropout on the maps as for the head."""
@@ -247,9 +253,9 @@ def train_refiner(refiner: BoxRefiner, f16: np.ndarray, f32: np.ndarray, gt: lis
             side = np.concatenate([box[b, 2:] - box[b, :2]] * 2, 1)
             moved = np.clip(box[b] + rng.uniform(-1, 1, (len(b), 4)).astype(np.float32) * cfg.det_refine_jitter * side, 0, 1)
             moved = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]), np.maximum(moved[:, :2], moved[:, 2:])], 1)
-            x16, x32 = torch.from_numpy(f16[image[b]]).float(), torch.from_numpy(f32[image[b]]).float()
-            x16, x32 = feature_dropout(x16, x32, cfg.det_feature_dropout)
-            out = refiner(x16, x32, torch.from_numpy(moved)[:, None])[:, 0]
+            rows = image[b]
+            x16, x32, x8 = feature_dropout(cached(f16, rows), cached(f32, rows), cached(f8, rows), p=cfg.det_feature_dropout)
+            out = refiner(x16, x32, torch.from_numpy(moved)[:, None], x8)[:, 0]
             t = torch.from_numpy(target[b])
             loss = giou_loss(out, t).mean() + 5 * F.l1_loss(out, t)
             total += step(opt, sched, loss) * len(b)

@@ -101,8 +101,39 @@ def test_the_merged_boxes_are_refined_once_more_on_the_second_scale():
         det.merged_refine_steps = 0
         merged, merged_scores = det(x)
         up = F.interpolate(x.float(), size=(det.second_scale,) * 2, mode="bilinear", align_corners=False)
-        g16, g32, _ = det.backbone(up)
+        _, g16, g32 = det.backbone.detector_maps(up)
         expected = det.refiner(g16, g32, merged)
     np.testing.assert_allclose(boxes.numpy(), expected.numpy(), atol=1e-6)
     assert not np.allclose(boxes.numpy(), merged.numpy(), atol=1e-4)
     np.testing.assert_array_equal(scores.numpy(), merged_scores.numpy())
+
+
+def test_a_stride8_detector_exports_to_onnx_and_loads_back_from_its_heads(tmp_path):
+    """models.STRIDE8: a detector whose head and refiner read the stride-8 maps too exports with the served graph's
+    steps (flip test, second scale, last refinement) and matches torch in onnxruntime; a heads file holding such a
+    head gives that detector back."""
+    from export.build import export_detector
+    from export.checkpoint import Heads
+
+    torch.manual_seed(0)
+    det = Detector(pretrained=False, stride8=True).eval()
+    assert det.head.lat8 is not None and det.refiner.with8 and not Detector(pretrained=False).stride8
+    torch.nn.init.normal_(det.refiner.mlp[-1].weight, std=0.05)  # a refiner that moves boxes
+    torch.nn.init.normal_(det.head.heatmap.weight, std=2.0)  # scores far apart: an untrained head's near-ties would
+    # make onnxruntime and torch pick other rows, which says nothing of the graph
+    rng = np.random.default_rng(0)
+
+    def img(n, side):
+        return rng.integers(0, 256, (n, 3, side, side), dtype=np.uint8)
+
+    x = torch.from_numpy(img(1, spec.DET_SIZE))
+    with torch.no_grad():
+        assert export_detector(det, tmp_path / "detector.onnx", img) < 1e-4
+        boxes, _ = det(x)
+        torch.nn.init.normal_(det.head.lat8.weight, std=0.5)  # the stride-8 maps reach the boxes
+        assert not torch.allclose(det(x)[0], boxes)
+    heads = Heads(det.head.state_dict(), {}, [], {}, {}, torch.zeros(1), None, {}, det.refiner.state_dict())
+    back = heads.detector_model(pretrained=False)
+    assert back.stride8
+    for a, b in ((back.head, det.head), (back.refiner, det.refiner)):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
