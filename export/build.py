@@ -89,8 +89,8 @@ def features(dcfg, sources, build_dir: Path):
         return det, crops, z["f16"], z["f32"], z["c32"], z["pooled"], (z["f8"] if STRIDE8 else None)
     det, crops = dataset.generate(dcfg, sources)
     runner = dataset.BackboneRunner(build_dir / "backbone.onnx")
-    f8, f16, f32 = runner.run(det.images, desc="detector features", outputs=("f8", "f16", "f32"))
-    f8 = f8 if STRIDE8 else None
+    maps = runner.run(det.images, desc="detector features", outputs=("f8", "f16", "f32") if STRIDE8 else ("f16", "f32"))
+    f8, f16, f32 = maps if STRIDE8 else (None, *maps)
     c32, pooled = runner.run(crops.crops, batch=64, desc="crop features", outputs=("f32", "pooled"))
     for old in build_dir.glob("features_*.npz"):
         old.unlink()

@@ -108,3 +108,25 @@ def test_heads_round_trip_and_a_missing_or_foreign_file_is_a_clear_error(tmp_pat
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=r"text\.pt: not a heads file"):
         Heads.load(tmp_path / "text.pt")
+
+
+def test_the_feature_cache_holds_stride8_maps_only_for_a_detector_that_reads_them(tmp_path, monkeypatch):
+    """export.build.features on a tiny generated set: the stride-16/32 maps always, the stride-8 maps (under a key
+    of their own, so a switch never reuses the other cache) only with models.STRIDE8; a second call reads the cache."""
+    from export import build, models
+
+    cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=2, catalog_views=2)
+    sources = dataset.load_sources(cfg)
+    det, _, f16, f32, _, _, f8 = build.features(cfg, sources, tmp_path)
+    n = len(det.val)
+    assert f8 is None and f16.shape[0] == f32.shape[0] == n
+    plain = sorted(tmp_path.glob("features_*.npz"))
+    assert len(plain) == 1 and "f8" not in np.load(plain[0]).files
+    monkeypatch.setattr(models, "STRIDE8", True)
+    _, _, g16, _, _, _, g8 = build.features(cfg, sources, tmp_path)
+    side = g16.shape[-1] * 2
+    assert g8.shape == (n, models.Backbone(pretrained=False).c8, side, side) and np.array_equal(g16, f16)
+    with8 = sorted(tmp_path.glob("features_*.npz"))
+    assert len(with8) == 1 and with8 != plain  # the other key's cache is replaced, not mixed in
+    again = build.features(cfg, sources, tmp_path)[6]
+    assert np.array_equal(again, g8)
