@@ -57,14 +57,8 @@ class Backbone(nn.Module):
         self.c8, self.c16, self.c32 = channels[self.idx8], channels[self.idx16], channels[-1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.stem(self.norm(x))
-        f16 = x
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i == self.idx16:
-                f16 = x
-        pooled = self.head(x).mean(dim=(2, 3))
-        return f16, x, pooled
+        _, f16, f32 = self.detector_maps(x)
+        return f16, f32, self.head(f32).mean(dim=(2, 3))
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)[2]
