@@ -312,7 +312,7 @@ class Detector(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Fine classes; categories are the sum of their fine classes' probabilities (merge map)."""
+    """Fine classes merged into categories (merge map): an object's category is its most likely fine class's."""
 
     def __init__(self, fine_classes: list[str], merge: dict[str, str], *, pretrained: bool = True) -> None:
         super().__init__()
@@ -330,10 +330,20 @@ class Classifier(nn.Module):
         self.register_buffer("merge_matrix", m)
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs = torch.softmax(self.head(self.backbone.pooled(crops)), dim=1)
-        cat_probs = probs @ self.merge_matrix
-        cat_score, cat_idx = cat_probs.max(dim=1)
-        return probs.argmax(dim=1), cat_idx, cat_score
+        return self.decide(self.head(self.backbone.pooled(crops)))
+
+    def decide(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fine index, category index, category score) of the head's logits. The category is the most likely
+        fine class's, the criterion the merge optimised (merge.merge_by_confusion counts argmax predictions):
+        the category with the largest summed probability favours categories of many fine classes, and was
+        right less often on products the classifier never saw (held-out crops 0.812 / 0.815 against 0.842 /
+        0.841; README, "The category of the most likely fine class"). The score is that category's summed
+        probability."""
+        probs = torch.softmax(logits, dim=1)
+        fine = probs.argmax(dim=1)
+        cat_idx = self.merge_matrix[fine].argmax(dim=1)
+        cat_score = (probs @ self.merge_matrix).gather(1, cat_idx[:, None])[:, 0]
+        return fine, cat_idx, cat_score
 
 
 class ColourHistogram(nn.Module):
@@ -467,9 +477,7 @@ class ClassifierHead(nn.Module):
         self.cls = cls
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs = torch.softmax(self.cls.head(features), dim=1)
-        cat_score, cat_idx = (probs @ self.cls.merge_matrix).max(dim=1)
-        return probs.argmax(dim=1), cat_idx, cat_score
+        return self.cls.decide(self.cls.head(features))
 
 
 class EmbedderHead(nn.Module):

@@ -52,9 +52,8 @@ MEANINGS = {
     "valid": f"Which rows the detector is sure of: detections with score ≥ {spec.SCORE_THRESHOLD}; the last row (the "
              "whole image) only when no detection is. At least one row is always valid.",
     "fine_class": "The classifier's fine class of each row's crop.",
-    "category": "The merged category of each row's crop: the category whose fine classes have the highest summed "
-                "probability (not always the category of `fine_class`). Catalog searches filter by it.",
-    "category_score": f"The summed probability of `category`, in [0, 1]. The project's client narrows a search to "
+    "category": "The merged category of each row's crop: the category of its `fine_class`. Catalog searches filter by it.",
+    "category_score": f"The summed probability of the fine classes of `category`, in [0, 1]. The project's client narrows a search to "
                       f"`category` only when the mean of this score and the category's share among the row's 5 nearest "
                       f"catalog products is ≥ {spec.CATEGORY_FILTER_MIN_SCORE}.",
     "embeddings": f"L2-normalised {spec.EMBED_DIM}-d embedding of each row's crop (cosine similarity = dot product). "

@@ -60,6 +60,36 @@ def test_classifier_names_match_torch_indices(built, torch_models, batch):
     np.testing.assert_allclose(score, s.numpy(), atol=1e-5)
 
 
+def test_the_category_is_the_most_likely_fine_classs_even_when_another_category_sums_more():
+    """Summed probabilities favour a category of many fine classes; the served category is the argmax fine class's
+    (the criterion the merge optimised), with that category's summed probability as its score."""
+    torch = pytest.importorskip("torch")
+    from export.models import Classifier
+
+    cls = Classifier(["a", "b", "c", "d"], {"a": "X", "b": "Y", "c": "Y", "d": "Y"}, pretrained=False)
+    probs = torch.tensor([[0.4, 0.2, 0.2, 0.2], [0.1, 0.5, 0.3, 0.1]])
+    fine, cat, score = cls.decide(probs.log())
+    assert fine.tolist() == [0, 1] and [cls.categories[i] for i in cat] == ["X", "Y"]
+    np.testing.assert_allclose(score.numpy(), [0.4, 0.9], atol=1e-6)
+
+
+def test_served_category_is_the_merge_of_the_served_fine_class(built, demo):
+    """On the served ONNX files: ambiguous inputs (the mean of two catalog images' pooled vectors, where the summed
+    probabilities and the argmax fine class disagree most often) get their fine class's category."""
+    from PIL import Image
+
+    from export.onnx_export import read_metadata
+
+    merge = json.loads(read_metadata(spec.onnx_file(built, spec.CLASSIFIER.name))["merge_map"])
+    files = sorted(p for p in (demo / "catalog").rglob("*") if p.suffix in (".jpg", ".png"))[:20]
+    c = np.stack([np.asarray(Image.open(f).convert("RGB").resize((spec.CROP_SIZE,) * 2)).transpose(2, 0, 1) for f in files])
+    feats, = _session(built, spec.BACKBONE.name).run(None, {spec.CROPS.name: c})
+    i, j = np.triu_indices(len(feats), 1)
+    fine, cat, score = _session(built, spec.CLASSIFIER.name).run(None, {spec.FEATURES.name: (feats[i] + feats[j]) / 2})
+    assert len(fine) == len(i) and [merge[f] for f in fine] == list(cat)
+    assert ((score > 0) & (score <= 1 + 1e-6)).all()
+
+
 def test_every_onnx_file_carries_its_metadata(built):
     from export.onnx_export import read_metadata
 
