@@ -60,7 +60,7 @@ def test_classifier_names_match_torch_indices(built, torch_models, batch):
     np.testing.assert_allclose(score, s.numpy(), atol=1e-5)
 
 
-def test_the_category_is_the_most_likely_fine_classs_even_when_another_category_sums_more():
+def test_the_category_follows_the_most_likely_fine_class_even_when_another_category_sums_more():
     """Summed probabilities favour a category of many fine classes; the served category is the argmax fine class's
     (the criterion the merge optimised), with that category's summed probability as its score."""
     torch = pytest.importorskip("torch")
