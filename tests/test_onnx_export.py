@@ -81,8 +81,8 @@ def test_served_category_is_the_merge_of_the_served_fine_class(built, demo):
     from export.onnx_export import read_metadata
 
     merge = json.loads(read_metadata(spec.onnx_file(built, spec.CLASSIFIER.name))["merge_map"])
-    files = sorted(p for p in (demo / "catalog").rglob("*") if p.suffix in (".jpg", ".png"))[:20]
-    c = np.stack([np.asarray(Image.open(f).convert("RGB").resize((spec.CROP_SIZE,) * 2)).transpose(2, 0, 1) for f in files])
+    files = imaging.list_images(demo / "catalog")[:20]
+    c = np.stack([imaging.to_chw(Image.open(f).convert("RGB").resize((spec.CROP_SIZE,) * 2)) for f in files])
     feats, = _session(built, spec.BACKBONE.name).run(None, {spec.CROPS.name: c})
     i, j = np.triu_indices(len(feats), 1)
     fine, cat, score = _session(built, spec.CLASSIFIER.name).run(None, {spec.FEATURES.name: (feats[i] + feats[j]) / 2})
