@@ -11,8 +11,8 @@ are checked against ``Detector.forward`` on the first photo. Prints one JSON lin
 refinement on the second scale"). A benchmark that prints numbers, not a test.
 
 Variants: shipped (flip test, second scale, refiner twice on each scale, the merged boxes refined once more on the
-416-px maps), no-last-step (without that last refinement), last-twice (two last steps), last-on-320 (the last step
-on the photo's own maps), all-on-416 (every box refined on the 416-px maps, no last step), last-at-512 /
+second scale's maps), no-last-step (without that last refinement), last-twice (two last steps), last-on-320 (the last step
+on the photo's own maps), all-on-second (every box refined on the second scale's maps, no last step), last-at-512 /
 last-at-640 (the last step on a third backbone pass at that side, upsampled).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from export.models import decode_peaks, merge_boxes
 from export.scenes import Backgrounds, make_scene
 from export.train import detection_metrics
 
-VARIANTS = ("shipped", "no-last-step", "last-twice", "last-on-320", "all-on-416", "last-at-512", "last-at-640")
+VARIANTS = ("shipped", "no-last-step", "last-twice", "last-on-320", "all-on-second", "last-at-512", "last-at-640")
 
 
 def scenes(kind, n, seed):
@@ -81,16 +81,16 @@ class Variant:
         d, v = self.d, self.name
         assert d.second_scale and d.refiner is not None, "the served detector's settings"
         first, second = d.scales(x)
-        if v == "all-on-416":  # every box refined on the 416-px maps, no last step
+        if v == "all-on-second":  # every box refined on the second scale's maps, no last step
             b1, s1 = decode_peaks(*first[2:], d.k)
             b1 = self.refine(second, b1, d.refine_steps)
         else:
             b1, s1 = d._boxes(*first)
         b2, s2 = d._boxes(*second)
         boxes, scores = merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
-        if v in ("no-last-step", "all-on-416"):
+        if v in ("no-last-step", "all-on-second"):
             return boxes, scores
-        if v in ("shipped", "last-twice"):  # on the 416-px maps
+        if v in ("shipped", "last-twice"):  # on the second scale's maps
             return self.refine(second, boxes, d.merged_refine_steps if v == "shipped" else 2), scores
         if v == "last-on-320":
             return self.refine(first, boxes, 1), scores

@@ -149,7 +149,7 @@ DETECTOR = ModelSpec(
     "detector", "onnx", (DET_IMAGE,), (DET_BOXES, DET_SCORES),
     "Class-agnostic product detector: centre heatmap on an EfficientNet-Lite0 backbone, averaged over the image and "
     "its mirror (flip test), fixed top-K peaks, each box then refined from features sampled around it (grid_sample); "
-    "the image upsampled to 416 px adds its boxes with 0.35 times their score, merged by greedy suppression in tensor "
+    "the image upsampled to 512 px adds its boxes with 0.35 times their score, merged by greedy suppression in tensor "
     "ops (no NMS op).",
 )
 CROP = ModelSpec(
