@@ -43,7 +43,8 @@ VARIANTS = ("shipped", "no-last-step", "last-twice", "last-on-320", "all-on-seco
 
 
 def scenes(kind, n, seed):
-    """``n`` photos of held-out products: (detector input, image size, true boxes, each object's scale)."""
+    """``n`` photos of held-out products: (detector inputs (det_image, crop_source), image size, true boxes, each
+    object's scale)."""
     setup = load_setup(SimpleNamespace(repository=repository.REPOSITORY, no_photoset=False, synthetic_per_class=None))
     src = setup.sources
     bgs = Backgrounds(src.eval_backgrounds)
@@ -56,10 +57,10 @@ def scenes(kind, n, seed):
     for _ in range(n):
         s = make_scene(prods, bgs, rng, **kw)
         img = Image.open(io.BytesIO(imaging.encode_jpeg(s.image, 90))).convert("RGB")
-        det, _, size = imaging.letterbox(img)
+        det, src, size = imaging.letterbox(img)
         gt = np.array([o.box for o in s.objects], np.float32).reshape(-1, 4)
         sides = np.array([o.transform["scale"] for o in s.objects])
-        out.append((det, size, gt, sides))
+        out.append(((det, src), size, gt, sides))
     return out
 
 
@@ -77,10 +78,10 @@ class Variant:
         return boxes
 
     @torch.no_grad()
-    def __call__(self, x):
+    def __call__(self, x, src):
         d, v = self.d, self.name
         assert d.second_scale and d.refiner is not None, "the served detector's settings"
-        first, second = d.scales(x)
+        first, second = d.scales(x, src)
         if v == "all-on-second":  # every box refined on the second scale's maps, no last step
             b1, s1 = decode_peaks(*first[2:], d.k)
             b1 = self.refine(second, b1, d.refine_steps)
@@ -144,20 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     det = Heads.load(args.heads).detector_model()
     data = scenes(args.set, args.scenes, args.seed)
-    x = torch.from_numpy(data[0][0])
+    x = tuple(torch.from_numpy(a) for a in data[0][0])
     last = det.merged_refine_steps
     try:
         with torch.no_grad():
             for name, steps in (("shipped", last), ("no-last-step", 0)):
                 det.merged_refine_steps = steps
-                if any(float((a - b).abs().max()) > 1e-5 for a, b in zip(det(x), Variant(det, name)(x))):
+                if any(float((a - b).abs().max()) > 1e-5 for a, b in zip(det(*x), Variant(det, name)(*x))):
                     raise SystemExit(f"error: the {name!r} variant no longer matches export.models.Detector; update this benchmark")
     finally:
         det.merged_refine_steps = last
     for v in variants:
         var = Variant(det, v)
         t = time.time()
-        rows = [(s, tuple(a[0].numpy() for a in var(torch.from_numpy(s[0])))) for s in data]
+        rows = [(s, tuple(a[0].numpy() for a in var(*map(torch.from_numpy, s[0])))) for s in data]
         r = measure(rows, v)
         r["seconds"] = round(time.time() - t, 1)  # the detector on every photo, and the metrics
         r["set"] = f"{args.set}, {args.scenes} scenes, seed {args.seed}"

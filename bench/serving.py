@@ -170,7 +170,7 @@ def client_chain(url: str, images: list[bytes], threads: int, seconds: float) ->
 
     def one(i: int):
         det_image, src, size = imaging.letterbox(imaging.decode(images[i % len(images)]))
-        det = client.call(spec.DETECTOR.name, {spec.DET_IMAGE.name: det_image}, [spec.DET_BOXES.name, spec.DET_SCORES.name])
+        det = client.call(spec.DETECTOR.name, {spec.DET_IMAGE.name: det_image, spec.DET_SOURCE.name: src}, [spec.DET_BOXES.name, spec.DET_SCORES.name])
         crops, *_ = crop.run(None, {spec.CROP_SOURCE.name: src, spec.IMAGE_SIZE.name: size, **det})
         feats = client.call(spec.BACKBONE.name, {spec.CROPS.name: crops}, [spec.FEATURES.name])
         client.call(spec.CLASSIFIER.name, feats, [t.name for t in spec.CLASSIFIER.outputs])

@@ -10,6 +10,7 @@ where a model's ONNX file lives in the repository, and the trained models' names
 Pipeline (ensemble ``retrieval``)::
 
     image_bytes ─► preprocess ─► det_image ─► detector ─► det_boxes, det_scores ─┐
+                              ├► crop_source ──┘ (its second scale)               │
                               └► crop_source, image_size ────────────────────────┴► crop
     crop ─► crops ─► features ─► features ─► classifier ─► fine_class, category, category_score
                │                        └──► embedder   ─► embeddings, embedder_id
@@ -123,6 +124,8 @@ K = MAX_OBJECTS
 IMAGE_BYTES = Tensor("image_bytes", "STRING", (1,))
 DET_IMAGE = Tensor("det_image", "UINT8", (-1, 3, DET_SIZE, DET_SIZE))
 CROP_SOURCE = Tensor("crop_source", "UINT8", (1, 3, CROP_SOURCE_SIZE, CROP_SOURCE_SIZE))
+# the same padded square, as the detector reads it (batched like det_image): its second scale is resized from it
+DET_SOURCE = Tensor(CROP_SOURCE.name, "UINT8", (-1, 3, CROP_SOURCE_SIZE, CROP_SOURCE_SIZE))
 IMAGE_SIZE = Tensor("image_size", "FP32", (2,))  # original (height, width) in pixels
 DET_BOXES = Tensor("det_boxes", "FP32", (-1, K, 4))  # x1, y1, x2, y2 in [0, 1] of the padded square
 DET_SCORES = Tensor("det_scores", "FP32", (-1, K))
@@ -146,11 +149,11 @@ PREPROCESS = ModelSpec(
     "and resizes to the detector and crop-source sizes.",
 )
 DETECTOR = ModelSpec(
-    "detector", "onnx", (DET_IMAGE,), (DET_BOXES, DET_SCORES),
+    "detector", "onnx", (DET_IMAGE, DET_SOURCE), (DET_BOXES, DET_SCORES),
     "Class-agnostic product detector: centre heatmap on an EfficientNet-Lite0 backbone, averaged over the image and "
     "its mirror (flip test), fixed top-K peaks, each box then refined from features sampled around it (grid_sample); "
-    "the image upsampled to 512 px adds its boxes with 0.35 times their score, merged by greedy suppression in tensor "
-    "ops (no NMS op).",
+    "the crop source (the same padded square at 640 px) resized to 512 px adds its boxes with 0.35 times their score, "
+    "merged by greedy suppression in tensor ops (no NMS op).",
 )
 CROP = ModelSpec(
     "crop", "onnx", (CROP_SOURCE, Tensor("det_boxes", "FP32", (1, K, 4)), Tensor("det_scores", "FP32", (1, K)), IMAGE_SIZE),

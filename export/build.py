@@ -305,9 +305,10 @@ def export_detector(det: "Detector", path: Path, img) -> float:
 
     from export.onnx_export import export_torch, finish, metadata, parity
 
-    m = export_torch(det, spec.DETECTOR, path, torch.from_numpy(img(1, spec.DET_SIZE)))
+    pair = lambda n: (img(n, spec.DET_SIZE), img(n, spec.CROP_SOURCE_SIZE))  # (det_image, crop_source), spec.DETECTOR's inputs
+    m = export_torch(det, spec.DETECTOR, path, tuple(torch.from_numpy(a) for a in pair(1)))
     finish(m, spec.DETECTOR, path, metadata(spec.DETECTOR))
-    return parity(path, lambda x: [t.numpy() for t in det(torch.from_numpy(x))], [img(1, spec.DET_SIZE), img(2, spec.DET_SIZE)])
+    return parity(path, lambda *x: [t.numpy() for t in det(*map(torch.from_numpy, x))], [pair(1), pair(2)])
 
 
 def export_features(backbone, path: Path, img):

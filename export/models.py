@@ -200,6 +200,11 @@ FLIP_TEST = True
 # larger second scale" (512 px: small products boxed more often, 1.23x the detector's time).
 SECOND_SCALE = 512
 SECOND_SCALE_WEIGHT = 0.35
+# ... that second look resized from the 640-px crop source (the detector's second input, spec.DETECTOR) rather than
+# upsampled from its own 320-px input: a 480-640-px photo keeps its detail there, and small or blurred products get
+# tighter boxes for the same compute. README, "The second scale from the crop source". False: upsampled (the
+# crop_source input is then read for nothing).
+SECOND_FROM_SOURCE = True
 # The box refiner runs this many times on each box, each time on the box it moved (a cascade with one set of
 # weights: it is trained on boxes jittered by up to 15 % of their side, so a second look at an already better box
 # still helps). README, "Refining twice".
@@ -245,17 +250,19 @@ class Detector(nn.Module):
     and sub-cell offsets (a mirrored x offset o is 1 - o) are averaged with the photo's, flipped back, before
     the peaks are picked: a peak is scored by both views, so an object one view half sees is not lost and a
     spurious peak of one view is halved. The refiner then works on the photo's own maps. With ``second_scale`` the
-    same head and refiner also look at the photo upsampled to that side (objects larger against the backbone's
-    strides); those boxes, their sizes scaled back and their scores times ``second_weight``, are merged with the
-    first ones (``merge_boxes``), and the refiner moves each merged box ``merged_refine_steps`` more times on that
-    scale's maps. With ``stride8`` the head and the refiner also read the backbone's stride-8 maps. Training never
-    uses the mirror or the second scale (the head and refiner are trained on cached maps of the photos at
-    DET_SIZE); both are test-time choices only."""
+    same head and refiner also look at the photo at that side (objects larger against the backbone's strides),
+    resized from ``crop_source`` (the padded square at CROP_SOURCE_SIZE) when ``second_from_source`` and the caller
+    gives it, else upsampled from ``det_image``; those boxes, their sizes scaled back and their scores times
+    ``second_weight``, are merged with the first ones (``merge_boxes``), and the refiner moves each merged box
+    ``merged_refine_steps`` more times on that scale's maps. With ``stride8`` the head and the refiner also read the
+    backbone's stride-8 maps. Training never uses the mirror or the second scale (the head and refiner are trained
+    on cached maps of the photos at DET_SIZE); both are test-time choices only."""
 
     def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS, refine: bool = True,
                  flip_test: bool = FLIP_TEST, second_scale: int = SECOND_SCALE,
                  second_weight: float = SECOND_SCALE_WEIGHT, refine_steps: int = REFINE_STEPS,
-                 merged_refine_steps: int = MERGED_REFINE_STEPS, stride8: bool = STRIDE8) -> None:
+                 merged_refine_steps: int = MERGED_REFINE_STEPS, stride8: bool = STRIDE8,
+                 second_from_source: bool = SECOND_FROM_SOURCE) -> None:
         super().__init__()
         self.backbone = freeze(Backbone(pretrained=pretrained))
         c8 = self.backbone.c8 if stride8 else 0
@@ -264,6 +271,7 @@ class Detector(nn.Module):
         self.k = k
         self.flip_test = flip_test
         self.second_scale, self.second_weight = second_scale, second_weight
+        self.second_from_source = second_from_source
         self.refine_steps = refine_steps
         self.merged_refine_steps = merged_refine_steps
         self.stride8 = stride8
@@ -277,10 +285,11 @@ class Detector(nn.Module):
                 boxes = self.refiner(f16, f32, boxes, f8)
         return boxes, scores
 
-    def scales(self, det_image: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    def scales(self, det_image: torch.Tensor, crop_source: torch.Tensor | None = None) -> list[tuple[torch.Tensor, ...]]:
         """What the boxes come from, per scale: (stride-16 maps, stride-32 maps, heatmap probabilities, box sizes in
         DET_SIZE units, sub-cell offsets, stride-8 maps or None); the photo's first (averaged with its mirror image's
-        under ``flip_test``), then the second scale's when there is one."""
+        under ``flip_test``), then the second scale's when there is one (from ``crop_source`` when given and
+        ``second_from_source``)."""
         n = det_image.shape[0]
         x = torch.cat([det_image, det_image.flip(3)], 0) if self.flip_test else det_image
         f8, f16, f32 = self.backbone.detector_maps(x, self.stride8)
@@ -294,14 +303,17 @@ class Detector(nn.Module):
             off = torch.stack([(off[:, 0] + 1 - moff[:, 0]) / 2, (off[:, 1] + moff[:, 1]) / 2], 1)
         maps = [(f16, f32, prob, size, off, f8)]
         if self.second_scale:  # box sizes are learned at DET_SIZE: scaled back by DET_SIZE / side
-            up = F.interpolate(det_image.float(), size=(self.second_scale,) * 2, mode="bilinear", align_corners=False)
+            source = crop_source if crop_source is not None and self.second_from_source else det_image
+            up = F.interpolate(source.float(), size=(self.second_scale,) * 2, mode="bilinear", align_corners=False)
             g8, g16, g32 = self.backbone.detector_maps(up, self.stride8)
             heat, size, off = self.head(g16, g32, g8)
             maps.append((g16, g32, torch.sigmoid(heat), size * (spec.DET_SIZE / self.second_scale), off, g8))
         return maps
 
-    def forward(self, det_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.scales(det_image)
+    def forward(self, det_image: torch.Tensor, crop_source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``det_image`` [n, 3, DET_SIZE, DET_SIZE] and ``crop_source`` [n, 3, CROP_SOURCE_SIZE, CROP_SOURCE_SIZE]
+        (uint8, the same padded squares) -> boxes [n, k, 4] in [0, 1] of the square, scores [n, k]."""
+        maps = self.scales(det_image, crop_source)
         boxes, scores = self._boxes(*maps[0])
         if len(maps) > 1:
             b2, s2 = self._boxes(*maps[1])

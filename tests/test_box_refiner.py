@@ -88,24 +88,64 @@ def test_the_served_detector_refines_each_box_refine_steps_times():
     np.testing.assert_array_equal(scores.numpy(), peak_scores.numpy())  # refining moves boxes, never rescores them
 
 
+def _photo_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(det_image, crop_source) of one photo-like image (smooth blobs on a 560x400 canvas) as the client makes them."""
+    from PIL import Image, ImageFilter
+
+    from client.imaging import letterbox
+
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).resize((560, 400), Image.BICUBIC)
+    img.paste(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), (300, 150))  # fine detail
+    det, src, _ = letterbox(img.filter(ImageFilter.GaussianBlur(0.5)))
+    return torch.from_numpy(det), torch.from_numpy(src)
+
+
 def test_the_merged_boxes_are_refined_once_more_on_the_second_scale():
     """models.MERGED_REFINE_STEPS: after the two scales' boxes are merged, the refiner moves each of them once more on
-    the second scale's maps (the photo upsampled to SECOND_SCALE); the scores stay those of the merge."""
+    the second scale's maps (the crop source resized to SECOND_SCALE); the scores stay those of the merge."""
     torch.manual_seed(0)
     det = Detector(pretrained=False).eval()
     assert MERGED_REFINE_STEPS == 1 and det.merged_refine_steps == MERGED_REFINE_STEPS and det.second_scale
     torch.nn.init.normal_(det.refiner.mlp[-1].weight, std=0.05)  # a refiner that moves boxes
-    x = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (1, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8))
+    x, src = _photo_inputs(3)
     with torch.no_grad():
-        boxes, scores = det(x)
+        boxes, scores = det(x, src)
         det.merged_refine_steps = 0
-        merged, merged_scores = det(x)
-        up = F.interpolate(x.float(), size=(det.second_scale,) * 2, mode="bilinear", align_corners=False)
+        merged, merged_scores = det(x, src)
+        up = F.interpolate(src.float(), size=(det.second_scale,) * 2, mode="bilinear", align_corners=False)
         _, g16, g32 = det.backbone.detector_maps(up)
         expected = det.refiner(g16, g32, merged)
     np.testing.assert_allclose(boxes.numpy(), expected.numpy(), atol=1e-6)
     assert not np.allclose(boxes.numpy(), merged.numpy(), atol=1e-4)
     np.testing.assert_array_equal(scores.numpy(), merged_scores.numpy())
+
+
+def test_the_second_scale_is_resized_from_the_crop_source():
+    """models.SECOND_FROM_SOURCE: the second scale's maps come from the 640-px crop source resized to SECOND_SCALE,
+    the first scale's from the 320-px det_image; without a crop source (or with ``second_from_source`` off) the
+    second scale is det_image upsampled, as before, and the boxes differ (the crop source holds detail the
+    320-px input lost)."""
+    from export.models import SECOND_FROM_SOURCE
+
+    torch.manual_seed(0)
+    det = Detector(pretrained=False).eval()
+    assert SECOND_FROM_SOURCE and det.second_from_source and det.second_scale
+    x, src = _photo_inputs(4)
+    side = (det.second_scale,) * 2
+    with torch.no_grad():
+        first, second = det.scales(x, src)
+        _, want16, want32 = det.backbone.detector_maps(F.interpolate(src.float(), size=side, mode="bilinear", align_corners=False))
+        _, first16, _ = det.backbone.detector_maps(torch.cat([x, x.flip(3)]))
+        got = det(x, src)
+        upsampled = det(x)
+        _, up16, _ = det.backbone.detector_maps(F.interpolate(x.float(), size=side, mode="bilinear", align_corners=False))
+        det.second_from_source = False
+        np.testing.assert_array_equal(det(x, src)[0].numpy(), upsampled[0].numpy())
+    for a, b in ((second[0], want16), (second[1], want32), (first[0], first16[:1])):  # random weights: tiny maps, relative
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-4 * float(b.abs().max()))
+    assert np.abs(want16 - up16).max() > 0.05 * np.abs(want16).max()  # the two sources do differ (random weights: tiny maps)
+    assert not np.allclose(got[0].numpy(), upsampled[0].numpy(), atol=1e-4)
 
 
 def test_a_stride8_detector_exports_to_onnx_and_loads_back_from_its_heads(tmp_path):

@@ -33,9 +33,10 @@ def test_detector_and_embedder_match_torch(built, torch_models, batch):
     torch, det, _, emb = torch_models
     rng = np.random.default_rng(batch)
     x = rng.integers(0, 256, (batch, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=np.uint8)
-    boxes, scores = _session(built, spec.DETECTOR.name).run(None, {spec.DET_IMAGE.name: x})
+    src = rng.integers(0, 256, (batch, 3, spec.CROP_SOURCE_SIZE, spec.CROP_SOURCE_SIZE), dtype=np.uint8)
+    boxes, scores = _session(built, spec.DETECTOR.name).run(None, {spec.DET_IMAGE.name: x, spec.DET_SOURCE.name: src})
     with torch.no_grad():
-        tb, ts = det(torch.from_numpy(x))
+        tb, ts = det(torch.from_numpy(x), torch.from_numpy(src))
     assert boxes.shape == (batch, spec.MAX_OBJECTS, 4)
     np.testing.assert_allclose(boxes, tb.numpy(), atol=1e-4)
     np.testing.assert_allclose(scores, ts.numpy(), atol=1e-4)
