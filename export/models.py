@@ -321,6 +321,9 @@ class Detector(nn.Module):
             g16, g32, *_, g8 = maps[1]
             for _ in range(self.merged_refine_steps if self.refiner is not None else 0):
                 boxes = self.refiner(g16, g32, boxes, g8)
+        if crop_source is not None and not (self.second_scale and self.second_from_source):
+            # nothing reads it: one pixel times 0 keeps the input in the exported graph (the contract, spec.DETECTOR)
+            scores = scores + 0.0 * crop_source[:, :1, 0, 0].float()
         return boxes, scores
 
 

@@ -177,3 +177,31 @@ def test_a_stride8_detector_exports_to_onnx_and_loads_back_from_its_heads(tmp_pa
     assert back.stride8
     for a, b in ((back.head, det.head), (back.refiner, det.refiner)):
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_a_detector_that_reads_no_crop_source_still_takes_it(tmp_path):
+    """spec.DETECTOR's inputs are (det_image, crop_source) whatever the test-time settings: with the second scale off
+    or upsampled from det_image (SECOND_FROM_SOURCE False) nothing reads crop_source, yet the exported graph keeps
+    it (the generated config.pbtxt names it, and Triton refuses a model without it), and its boxes do not depend on it."""
+    import onnxruntime as ort
+
+    from export.onnx_export import export_torch
+
+    rng = np.random.default_rng(0)
+
+    def img(n, side):
+        return rng.integers(0, 256, (n, 3, side, side), dtype=np.uint8)
+
+    for name, kw in (("no-second-scale", {"second_scale": 0}), ("upsampled", {"second_from_source": False})):
+        torch.manual_seed(0)
+        det = Detector(pretrained=False, **kw).eval()
+        path = tmp_path / f"{name}.onnx"
+        x = img(1, spec.DET_SIZE)
+        with torch.no_grad():
+            export_torch(det, spec.DETECTOR, path, (torch.from_numpy(x), torch.from_numpy(img(1, spec.CROP_SOURCE_SIZE))))
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == [t.name for t in spec.DETECTOR.inputs], name
+        a = sess.run(None, {spec.DET_IMAGE.name: x, spec.DET_SOURCE.name: img(1, spec.CROP_SOURCE_SIZE)})
+        b = sess.run(None, {spec.DET_IMAGE.name: x, spec.DET_SOURCE.name: img(1, spec.CROP_SOURCE_SIZE)})
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
