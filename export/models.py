@@ -193,7 +193,7 @@ class BoxRefiner(nn.Module):
 # The served detector averages its maps over the photo and its mirror image (one batch of 2: twice the
 # backbone's compute). Measured with export.evaluate (README, "Flip test for the detector").
 FLIP_TEST = True
-# ... and looks again at the photo upsampled to SECOND_SCALE px (0: off; (512/320)^2 = 2.6 more backbone passes):
+# ... and looks again at the photo at SECOND_SCALE px (0: off; (512/320)^2 = 2.6 more backbone passes):
 # its boxes join the candidates with their scores times SECOND_SCALE_WEIGHT, so they mostly fill the weak rows the
 # client reports as extra objects rather than pass the detector's threshold on their own (alone, that scale's scores
 # are less precise: precision 0.75 at the threshold against 0.85). README, "A second test scale" (416 px), and "A
@@ -203,7 +203,7 @@ SECOND_SCALE_WEIGHT = 0.35
 # ... that second look resized from the 640-px crop source (the detector's second input, spec.DETECTOR) rather than
 # upsampled from its own 320-px input: a 480-640-px photo keeps its detail there, and small or blurred products get
 # tighter boxes for the same compute. README, "The second scale from the crop source". False: upsampled (the
-# crop_source input is then read for nothing).
+# crop_source input then stays in the graph unread: Detector.forward).
 SECOND_FROM_SOURCE = True
 # The box refiner runs this many times on each box, each time on the box it moved (a cascade with one set of
 # weights: it is trained on boxes jittered by up to 15 % of their side, so a second look at an already better box
