@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,9 +35,9 @@ DEFAULT_PHOTOSET = ROOT.parent / "shared" / "datasets" / "photoset"
 
 PROFILES = {
     "quick": ({"synthetic_per_class": 20, "scenes": 3000, "detector_scenes": 3000, "catalog_views": 1200},
-              {"det_epochs": 25, "cls_epochs": 150}),
+              {"det_epochs": 13, "det_heads": 2, "cls_epochs": 150}),
     "full": ({"synthetic_per_class": 30, "scenes": 8000, "detector_scenes": 8000, "catalog_views": 4000},
-             {"det_epochs": 80, "cls_epochs": 300}),
+             {"det_epochs": 40, "det_heads": 2, "cls_epochs": 300}),
 }
 STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
 DATA_VERSION = 3  # bump when scene generation changes, so cached features are not reused
@@ -146,20 +146,43 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
     else:
         from export.models import Detector
 
-        det = Detector(refine=tcfg.det_refine_epochs > 0, stride8=data.f8 is not None)
+        # det_heads heads (each with its refiner), each trained as a one-head detector is with the seed tcfg.seed + i:
+        # member 0 is the head a one-head build with these epochs would train
+        members, log["detector_curve"], log["refiner_curve"] = [], [], []
         train_idx = np.where(~data.det.val)[0]
-        log["detector_curve"] = train.train_detector(det.head, data.f16, data.f32, data.det.boxes, train_idx, tcfg, f8=data.f8)
-        if det.refiner is not None:  # the refiner learns from the trained head's own boxes on the training scenes
-            proposals, _ = train.run_detector_head(det.head, data.f16, data.f32, train_idx, f8=data.f8)
-            log["refiner_curve"] = train.train_refiner(det.refiner, data.f16, data.f32, data.det.boxes, proposals, train_idx,
-                                                       tcfg, f8=data.f8)
+        for i in range(tcfg.det_heads):
+            cfg = replace(tcfg, seed=tcfg.seed + i)
+            seed_stage(cfg, "detector")
+            one = Detector(refine=tcfg.det_refine_epochs > 0, stride8=data.f8 is not None)
+            log["detector_curve"].append(train.train_detector(one.head, data.f16, data.f32, data.det.boxes, train_idx, cfg,
+                                                              f8=data.f8))
+            if one.refiner is not None:  # the refiner learns from the trained head's own boxes on the training scenes
+                proposals, _ = train.run_detector_head(one.head, data.f16, data.f32, train_idx, f8=data.f8)
+                log["refiner_curve"].append(train.train_refiner(one.refiner, data.f16, data.f32, data.det.boxes, proposals,
+                                                                train_idx, cfg, f8=data.f8))
+            members.append(one)
+        det = members[0]
+        if len(members) > 1:
+            det = Detector(refine=det.refiner is not None, heads=len(members), stride8=data.f8 is not None)
+            for i, one in enumerate(members):
+                det.head.members[i].load_state_dict(one.head.members[0].state_dict())
+                if det.refiner is not None:
+                    det.refiner.members[i].load_state_dict(one.refiner.members[0].state_dict())
+        det.eval()
     val_idx = np.where(data.det.val)[0]
     gt = [data.det.boxes[i] for i in val_idx]
     f8 = data.f8 if det.stride8 else None
-    pb, ps = train.run_detector_head(det.head, data.f16, data.f32, val_idx, det.refiner, det.refine_steps, f8=f8)
-    log["detector_val"] = train.detection_metrics(pb, ps, gt)
-    log["detector_val"]["tight_iou0.7"] = train.detection_metrics(pb, ps, gt, iou_thr=0.7)["recall_at_threshold"]
-    print("detector (validation scenes):", log["detector_val"])
+
+    def validate(head, refiner) -> dict:
+        pb, ps = train.run_detector_head(head, data.f16, data.f32, val_idx, refiner, det.refine_steps, f8=f8)
+        return {**train.detection_metrics(pb, ps, gt), "tight_iou0.7": train.detection_metrics(pb, ps, gt, iou_thr=0.7)["recall_at_threshold"]}
+
+    log["detector_val"] = validate(det.head, det.refiner)
+    if len(det.head.members) > 1:  # each head alone, to show what their mean adds
+        log["detector_val_members"] = [validate(h, r) for h, r in zip(det.head.members, det.refiner.members if det.refiner
+                                                                       else [None] * len(det.head.members))]
+    print("detector (validation scenes):", log["detector_val"], "; each head alone:",
+          [m["ap50"] for m in log.get("detector_val_members", [])])
     return det
 
 

@@ -20,6 +20,14 @@ _KEYS = ("detector", "classifier", "fine_classes", "merge", "embedder", "log")
 _EMBEDDER_KEYS = ("proj", "center", "tuned_head")
 
 
+def _members(state: dict | None) -> dict | None:
+    """An ensemble's state_dict (``members.<i>.<name>``) as it is, or one head's / refiner's (written before the
+    detector held several) as an ensemble of that one."""
+    if state is None or all(k.startswith("members.") for k in state):
+        return state
+    return {f"members.0.{k}": v for k, v in state.items()}
+
+
 class CheckpointError(RuntimeError):
     """A heads file that is missing or not in this format."""
 
@@ -32,7 +40,7 @@ class Models(NamedTuple):
 
 @dataclass
 class Heads:
-    detector: dict  # DetectorHead state_dict
+    detector: dict  # HeadEnsemble state_dict (a file written before the ensemble: one DetectorHead's)
     classifier: dict  # Classifier.head state_dict
     fine_classes: list[str]
     merge: dict[str, str]  # fine class -> category
@@ -40,7 +48,7 @@ class Heads:
     embedder_center: torch.Tensor
     embedder_tuned_head: dict | None  # Embedder.tuned_head state_dict, None when not trained
     log: dict  # the training log (data, config, metrics, category merge)
-    detector_refiner: dict | None = None  # BoxRefiner state_dict; None: a detector built before the refiner (no refinement)
+    detector_refiner: dict | None = None  # RefinerEnsemble state_dict (or one BoxRefiner's); None: a detector built before the refiner (no refinement)
 
     @classmethod
     def from_models(cls, det: Detector, cls_model: Classifier, emb: Embedder, log: dict) -> "Heads":
@@ -75,11 +83,13 @@ class Heads:
                    e["proj"], e["center"], e["tuned_head"], raw["log"], raw.get("detector_refiner"))
 
     def detector_model(self, *, pretrained: bool = True) -> Detector:
-        det = Detector(pretrained=pretrained, refine=self.detector_refiner is not None,
-                       stride8="lat8.weight" in self.detector)
-        det.head.load_state_dict(self.detector)
+        head, refiner = _members(self.detector), _members(self.detector_refiner)
+        heads = max(1, len({k.split(".")[1] for k in head}))
+        det = Detector(pretrained=pretrained, refine=refiner is not None, heads=heads,
+                       stride8=any(k.endswith(".lat8.weight") for k in head))
+        det.head.load_state_dict(head)
         if det.refiner is not None:
-            det.refiner.load_state_dict(self.detector_refiner)
+            det.refiner.load_state_dict(refiner)
         return det.eval()
 
     def classifier_model(self, *, pretrained: bool = True) -> Classifier:

@@ -190,6 +190,41 @@ class BoxRefiner(nn.Module):
         return torch.cat([lo, hi], -1).clamp(0.0, 1.0)
 
 
+
+class HeadEnsemble(nn.Module):
+    """Several heatmap heads trained alike from different seeds, read as one: the mean of their heatmap probabilities
+    (returned as logits, DetectorHead's interface), box sizes and sub-cell offsets. A head trained on a few thousand
+    cached scenes moves by as much between training seeds as most changes of its data (README, "Two detector heads");
+    the mean of two heads trained half as long each costs the same training time and keeps what the seeds agree on.
+    One member is returned unchanged."""
+
+    def __init__(self, members: list[DetectorHead]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, f16: torch.Tensor, f32: torch.Tensor, f8: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outs = [m(f16, f32, f8) for m in self.members]
+        if len(outs) == 1:
+            return outs[0]
+        heat = torch.stack([o[0] for o in outs])  # the logit of the mean probability: log(mean p) - log(mean (1 - p))
+        logit = torch.logsumexp(F.logsigmoid(heat), 0) - torch.logsumexp(F.logsigmoid(-heat), 0)
+        return (logit, *(torch.stack([o[i] for o in outs]).mean(0) for i in (1, 2)))
+
+
+class RefinerEnsemble(nn.Module):
+    """The box refiners of a HeadEnsemble's members (each trained on its own head's boxes): the mean of the boxes
+    they move to (BoxRefiner's interface)."""
+
+    def __init__(self, members: list[BoxRefiner]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, f16: torch.Tensor, f32: torch.Tensor, boxes: torch.Tensor, f8: torch.Tensor | None = None) -> torch.Tensor:
+        moved = [m(f16, f32, boxes, f8) for m in self.members]
+        return moved[0] if len(moved) == 1 else torch.stack(moved).mean(0)
+
+
 # The served detector averages its maps over the photo and its mirror image (one batch of 2: twice the
 # backbone's compute). Measured with export.evaluate (README, "Flip test for the detector").
 FLIP_TEST = True
@@ -256,18 +291,19 @@ class Detector(nn.Module):
     ``second_weight``, are merged with the first ones (``merge_boxes``), and the refiner moves each merged box
     ``merged_refine_steps`` more times on that scale's maps. With ``stride8`` the head and the refiner also read the
     backbone's stride-8 maps. Training never uses the mirror or the second scale (the head and refiner are trained
-    on cached maps of the photos at DET_SIZE); both are test-time choices only."""
+    on cached maps of the photos at DET_SIZE); both are test-time choices only. ``head`` and ``refiner`` are a
+    HeadEnsemble and a RefinerEnsemble of ``heads`` members (TrainConfig.det_heads; a heads file says how many)."""
 
     def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS, refine: bool = True,
                  flip_test: bool = FLIP_TEST, second_scale: int = SECOND_SCALE,
                  second_weight: float = SECOND_SCALE_WEIGHT, refine_steps: int = REFINE_STEPS,
                  merged_refine_steps: int = MERGED_REFINE_STEPS, stride8: bool = STRIDE8,
-                 second_from_source: bool = SECOND_FROM_SOURCE) -> None:
+                 second_from_source: bool = SECOND_FROM_SOURCE, heads: int = 1) -> None:
         super().__init__()
         self.backbone = freeze(Backbone(pretrained=pretrained))
         c8 = self.backbone.c8 if stride8 else 0
-        self.head = DetectorHead(self.backbone.c16, self.backbone.c32, c8=c8)
-        self.refiner = BoxRefiner(self.backbone.c16, self.backbone.c32, c8=c8) if refine else None
+        self.head = HeadEnsemble([DetectorHead(self.backbone.c16, self.backbone.c32, c8=c8) for _ in range(heads)])
+        self.refiner = RefinerEnsemble([BoxRefiner(self.backbone.c16, self.backbone.c32, c8=c8) for _ in range(heads)]) if refine else None
         self.k = k
         self.flip_test = flip_test
         self.second_scale, self.second_weight = second_scale, second_weight

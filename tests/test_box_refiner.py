@@ -76,7 +76,7 @@ def test_the_served_detector_refines_each_box_refine_steps_times():
     torch.manual_seed(0)
     det = Detector(pretrained=False, refine_steps=2).eval()
     assert REFINE_STEPS == 2 and Detector(pretrained=False).refine_steps == REFINE_STEPS
-    torch.nn.init.normal_(det.refiner.mlp[-1].weight, std=0.05)  # a refiner that moves boxes
+    torch.nn.init.normal_(det.refiner.members[0].mlp[-1].weight, std=0.05)  # a refiner that moves boxes
     f16, f32 = torch.randn(1, det.backbone.c16, 20, 20), torch.randn(1, det.backbone.c32, 10, 10)
     prob, size, off = torch.rand(1, 1, 20, 20), torch.rand(1, 2, 20, 20) * 0.3, torch.rand(1, 2, 20, 20)
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_the_merged_boxes_are_refined_once_more_on_the_second_scale():
     torch.manual_seed(0)
     det = Detector(pretrained=False).eval()
     assert MERGED_REFINE_STEPS == 1 and det.merged_refine_steps == MERGED_REFINE_STEPS and det.second_scale
-    torch.nn.init.normal_(det.refiner.mlp[-1].weight, std=0.05)  # a refiner that moves boxes
+    torch.nn.init.normal_(det.refiner.members[0].mlp[-1].weight, std=0.05)  # a refiner that moves boxes
     x, src = _photo_inputs(3)
     with torch.no_grad():
         boxes, scores = det(x, src)
@@ -157,9 +157,9 @@ def test_a_stride8_detector_exports_to_onnx_and_loads_back_from_its_heads(tmp_pa
 
     torch.manual_seed(0)
     det = Detector(pretrained=False, stride8=True).eval()
-    assert det.head.lat8 is not None and det.refiner.with8 and not Detector(pretrained=False).stride8
-    torch.nn.init.normal_(det.refiner.mlp[-1].weight, std=0.05)  # a refiner that moves boxes
-    torch.nn.init.normal_(det.head.heatmap.weight, std=2.0)  # scores far apart: an untrained head's near-ties would
+    assert det.head.members[0].lat8 is not None and det.refiner.members[0].with8 and not Detector(pretrained=False).stride8
+    torch.nn.init.normal_(det.refiner.members[0].mlp[-1].weight, std=0.05)  # a refiner that moves boxes
+    torch.nn.init.normal_(det.head.members[0].heatmap.weight, std=2.0)  # scores far apart: an untrained head's near-ties would
     # make onnxruntime and torch pick other rows, which says nothing of the graph
     rng = np.random.default_rng(0)
 
@@ -170,7 +170,7 @@ def test_a_stride8_detector_exports_to_onnx_and_loads_back_from_its_heads(tmp_pa
     with torch.no_grad():
         assert export_detector(det, tmp_path / "detector.onnx", img) < 1e-4
         boxes, _ = det(x)
-        torch.nn.init.normal_(det.head.lat8.weight, std=0.5)  # the stride-8 maps reach the boxes
+        torch.nn.init.normal_(det.head.members[0].lat8.weight, std=0.5)  # the stride-8 maps reach the boxes
         assert not torch.allclose(det(x)[0], boxes)
     heads = Heads(det.head.state_dict(), {}, [], {}, {}, torch.zeros(1), None, {}, det.refiner.state_dict())
     back = heads.detector_model(pretrained=False)
