@@ -190,7 +190,6 @@ class BoxRefiner(nn.Module):
         return torch.cat([lo, hi], -1).clamp(0.0, 1.0)
 
 
-
 class HeadEnsemble(nn.Module):
     """Several heatmap heads trained alike from different seeds, read as one: the mean of their heatmap probabilities
     (returned as logits, DetectorHead's interface), box sizes and sub-cell offsets. A head trained on a few thousand
