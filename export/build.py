@@ -144,10 +144,11 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
         if "refiner_curve" in old.log:
             log["refiner_curve"] = old.log["refiner_curve"]
     else:
-        from export.models import Detector
+        from export.models import Detector, HeadEnsemble, RefinerEnsemble
 
         # det_heads heads (each with its refiner), each trained as a one-head detector is with the seed tcfg.seed + i:
-        # member 0 is the head a one-head build with these epochs would train
+        # member 0 is the head a one-head build with these epochs would train. Each member is made as a whole
+        # one-head Detector because its head's initial weights follow the backbone's construction in torch's RNG.
         members, log["detector_curve"], log["refiner_curve"] = [], [], []
         train_idx = np.where(~data.det.val)[0]
         for i in range(tcfg.det_heads):
@@ -162,12 +163,10 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
                                                                 train_idx, cfg, f8=data.f8))
             members.append(one)
         det = members[0]
-        if len(members) > 1:
-            det = Detector(refine=det.refiner is not None, heads=len(members), stride8=data.f8 is not None)
-            for i, one in enumerate(members):
-                det.head.members[i].load_state_dict(one.head.members[0].state_dict())
-                if det.refiner is not None:
-                    det.refiner.members[i].load_state_dict(one.refiner.members[0].state_dict())
+        if len(members) > 1:  # the first member's detector, holding every member's head and refiner
+            det.head = HeadEnsemble([one.head.members[0] for one in members])
+            if det.refiner is not None:
+                det.refiner = RefinerEnsemble([one.refiner.members[0] for one in members])
         det.eval()
     val_idx = np.where(data.det.val)[0]
     gt = [data.det.boxes[i] for i in val_idx]
@@ -178,11 +177,11 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
         return {**train.detection_metrics(pb, ps, gt), "tight_iou0.7": train.detection_metrics(pb, ps, gt, iou_thr=0.7)["recall_at_threshold"]}
 
     log["detector_val"] = validate(det.head, det.refiner)
+    print("detector (validation scenes):", log["detector_val"])
     if len(det.head.members) > 1:  # each head alone, to show what their mean adds
-        log["detector_val_members"] = [validate(h, r) for h, r in zip(det.head.members, det.refiner.members if det.refiner
-                                                                       else [None] * len(det.head.members))]
-    print("detector (validation scenes):", log["detector_val"], "; each head alone:",
-          [m["ap50"] for m in log.get("detector_val_members", [])])
+        refiners = det.refiner.members if det.refiner is not None else [None] * len(det.head.members)
+        log["detector_val_members"] = [validate(h, r) for h, r in zip(det.head.members, refiners)]
+        print("  each head alone, AP@0.5:", [m["ap50"] for m in log["detector_val_members"]])
     return det
 
 
