@@ -12,6 +12,13 @@ cannot snowball; on top of that no merge may make a category hold more than ``MA
 the catalog. The most similar pair is merged while merged accuracy is below ``target`` or some pair is
 more similar than ``max_pair_confusion``, and while a pair more similar than ``MIN_SIMILARITY`` may
 still merge. When the cap stops the merge short of ``target``, the cap wins and the result says so.
+
+Agglomeration only ever joins whole groups, so once the cap blocks every confused pair it is stuck, although
+moving single classes between the groups may still keep more of the confusion inside them. Then
+``rebalance`` searches for the partition with the most confusion inside its groups under the same cap:
+local search (the best single-class move or two-class swap, until none gains) from the agglomeration's
+groups and from ``REBALANCE_STARTS`` random balanced partitions into as few groups as the cap allows and
+up to the agglomeration's count. The best partition on the probes' crops wins, the agglomeration's on a tie.
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ MAX_CATEGORY_SHARE = 0.40  # no category holds more than this share of the catal
 TARGET_ACCURACY = 0.95  # merged accuracy on unseen products at which merging may stop
 MAX_PAIR_CONFUSION = 0.20  # ... unless two groups are still confused more than this (similarity s)
 MIN_SIMILARITY = 0.005  # pairs confused less than this are not worth merging: nothing confusable remains
+REBALANCE_STARTS = 64  # random partitions per group count that ``rebalance`` starts from (plus the agglomeration's)
+REBALANCE_SEED = 0
 
 
 def fold_of(product_id: str) -> int:
@@ -122,12 +131,13 @@ class CategoryMerge:
     cap_limited: bool  # the size cap stopped the merge short of the accuracy target
     max_share: float
     target: float
+    rebalanced: dict | None = None  # what ``rebalance`` changed after the agglomeration (None: it did not run)
 
     def log(self) -> dict:
         """For the training log (the mapping is logged as ``merge_map`` next to it)."""
         return {"merged_accuracy": self.accuracy, "categories": self.categories, "stop": self.stop,
                 "cap_limited": self.cap_limited, "max_share": self.max_share, "target_accuracy": self.target,
-                "steps": self.steps}
+                "steps": self.steps, "rebalanced": self.rebalanced}
 
 
 def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarray | None = None,
@@ -187,6 +197,11 @@ def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarra
         acc = accuracy(groups)
         steps.append({"merged": [[classes[i] for i in ga], [classes[i] for i in gb]], "similarity": round(v, 4),
                       "accuracy_after": round(acc, 4), "share_after": round(float(sizes[ga + gb].sum() / sizes.sum()), 4)})
+    rebalanced = None
+    if cap_limited and acc < target:
+        before = {"accuracy_before": round(acc, 4), "categories_before": len(groups)}
+        groups, acc, starts = rebalance(classes, conf, sizes, cap, groups)
+        rebalanced = before | {"accuracy_after": round(acc, 4), "categories_after": len(groups), "starts": starts}
     names = category_names([[classes[i] for i in g] for g in groups], dict(zip(classes, sizes)))
     categories = {}
     for name, g in sorted(zip(names, groups), key=lambda x: -sizes[x[1]].sum()):
@@ -196,4 +211,86 @@ def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarra
                             "accuracy": round(float(conf[np.ix_(g, g)].sum() / row), 4) if row else None}
     mapping = {classes[i]: name for name, g in zip(names, groups) for i in g}
     return CategoryMerge(mapping, steps, categories, round(acc, 4), round(accuracy([[i] for i in range(n)]), 4),
-                         stop, cap_limited and acc < target, max_share, target)
+                         stop, cap_limited and acc < target, max_share, target, rebalanced)
+
+
+def _local_search(w: np.ndarray, sizes: np.ndarray, cap: float, label: np.ndarray) -> np.ndarray:
+    """Best-improvement local search on a partition (``label``: each class's group): move one class to another
+    group or swap two classes of different groups, whichever keeps the most confusion ``w`` (symmetric, zero
+    diagonal) inside the groups, while no group of several classes passes ``cap``; until nothing gains."""
+    label = label.copy()
+    k = int(label.max()) + 1
+    while True:
+        member = np.eye(k)[label]  # n x k one-hot
+        link = w @ member  # link[i, g]: i's confusion with the classes of g (i itself excluded: zero diagonal)
+        load = sizes @ member
+        count = member.sum(0)
+        own = link[np.arange(len(label)), label]
+        # moves: i -> g
+        gain = link - own[:, None]
+        after = load[None, :] + sizes[:, None]
+        fits = (after <= cap + 1e-9) | (count[None, :] == 0)
+        gain[~fits] = -np.inf
+        gain[np.arange(len(label)), label] = -np.inf
+        best_move = np.unravel_index(np.argmax(gain), gain.shape)
+        best = (gain[best_move], "move", best_move)
+        # swaps: i (in a) <-> j (in b)
+        a, b = label[:, None], label[None, :]
+        swap = (link[np.arange(len(label))[:, None], b] - w) - own[:, None] \
+            + (link[np.arange(len(label))[None, :], a] - w) - own[None, :]
+        load_a = load[a] - sizes[:, None] + sizes[None, :]
+        load_b = load[b] - sizes[None, :] + sizes[:, None]
+        ok = (a != b) & ((load_a <= cap + 1e-9) | (count[a] == 1)) & ((load_b <= cap + 1e-9) | (count[b] == 1))
+        swap[~ok] = -np.inf
+        best_swap = np.unravel_index(np.argmax(swap), swap.shape)
+        if swap[best_swap] > best[0]:
+            best = (swap[best_swap], "swap", best_swap)
+        if not best[0] > 1e-9:
+            return label
+        i, j = int(best[2][0]), int(best[2][1])
+        if best[1] == "move":
+            label[i] = j
+        else:
+            label[i], label[j] = label[j], label[i]
+
+
+def rebalance(classes: list[str], conf: np.ndarray, sizes: np.ndarray, cap: float,
+              groups: list[list[int]]) -> tuple[list[list[int]], float, int]:
+    """The partition of the classes with the most confusion inside its groups (the merged accuracy) under the
+    size ``cap``, by ``_local_search`` from ``groups`` and from ``REBALANCE_STARTS`` random balanced partitions
+    per group count (from as few groups as the cap allows up to ``len(groups)``). Deterministic and independent
+    of the classes' order (the search runs on the classes sorted by name). Returns the groups, their merged
+    accuracy and the number of starts."""
+    order = sorted(range(len(classes)), key=lambda i: classes[i])
+    c = np.asarray(conf, float)[np.ix_(order, order)]
+    sz = np.asarray(sizes, float)[order]
+    w = c + c.T
+    np.fill_diagonal(w, 0.0)
+    total = max(c.sum(), 1.0)
+    pos = {i: r for r, i in enumerate(order)}
+
+    def score(label: np.ndarray) -> float:
+        return float((np.trace(c) + sum(w[np.ix_(label == g, label == g)].sum() / 2 for g in set(label.tolist()))) / total)
+
+    start = np.zeros(len(classes), int)
+    for g, members in enumerate(groups):
+        start[[pos[i] for i in members]] = g
+    best = _local_search(w, sz, cap, start)
+    best_score, starts = score(best), 1
+    rng = np.random.default_rng(REBALANCE_SEED)
+    fewest = max(1, int(np.ceil(sz.sum() / cap - 1e-9)))
+    for k in range(fewest, len(groups) + 1):
+        for _ in range(REBALANCE_STARTS):
+            label, load = np.zeros(len(classes), int), np.zeros(k)
+            for i in rng.permutation(len(classes)):  # each class to the lightest group: balanced, within the cap
+                g = int(np.argmin(load))
+                label[i], load[g] = g, load[g] + sz[i]
+            if load.max() > cap + 1e-9:
+                continue
+            label = _local_search(w, sz, cap, label)
+            starts += 1
+            if score(label) > best_score + 1e-12:
+                best, best_score = label, score(label)
+    found = [sorted(order[r] for r in np.flatnonzero(best == g)) for g in sorted(set(best.tolist()))]
+    found.sort(key=lambda g: min(classes[i] for i in g))
+    return found, best_score, starts

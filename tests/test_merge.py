@@ -106,3 +106,51 @@ def test_bad_input_is_refused():
         merge.merge_by_confusion(["a", "a"], np.eye(2))
     with pytest.raises(ValueError, match="sizes"):
         merge.merge_by_confusion(["a", "b"], np.eye(2), sizes=[1, -1])
+
+
+def stuck_confusion() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Six classes of equal size, cap 40 % (at most two per category). Agglomeration joins the most confused
+    pair first, (0, 1), which leaves 2 and 3, each confused with 0 and 1, stranded: the best pairs are
+    (0, 2) and (1, 3)."""
+    classes = [f"k{i}" for i in range(6)]
+    conf = np.diag([100] * 6)
+    conf[0, 1] = conf[1, 0] = 12
+    conf[0, 2] = conf[2, 0] = 10
+    conf[1, 3] = conf[3, 1] = 10
+    conf[4, 5] = conf[5, 4] = 1
+    return classes, conf, np.ones(6)
+
+
+def test_the_size_cap_does_not_strand_classes_the_agglomeration_split():
+    classes, conf, sizes = stuck_confusion()
+    res = merge.merge_by_confusion(classes, conf, sizes=sizes)
+    assert partition(res.mapping) == {frozenset({"k0", "k2"}), frozenset({"k1", "k3"}), frozenset({"k4", "k5"})}
+    within = sum(conf[i, j] for i in range(6) for j in range(6) if res.mapping[classes[i]] == res.mapping[classes[j]])
+    assert res.accuracy == round(within / conf.sum(), 4)
+    assert max(c["share"] for c in res.categories.values()) <= merge.MAX_CATEGORY_SHARE
+    reb = res.log()["rebalanced"]
+    # the agglomeration alone: (0, 1) and (4, 5) merged, 2 and 3 alone
+    assert reb["accuracy_before"] == round((600 + 24 + 2) / conf.sum(), 4) < reb["accuracy_after"] == res.accuracy
+    assert reb["categories_before"] == 4 and reb["categories_after"] == 3 and reb["starts"] > 1
+
+
+def test_the_rebalanced_merge_never_loses_to_the_agglomeration_and_keeps_the_cap():
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        n = 14
+        classes = [f"t{trial}-c{i}" for i in range(n)]
+        conf = rng.integers(0, 12, (n, n)) + np.diag(rng.integers(20, 80, n))
+        sizes = rng.integers(1, 6, n)
+        res = merge.merge_by_confusion(classes, conf, sizes=sizes)
+        assert max(c["share"] for c in res.categories.values()) <= merge.MAX_CATEGORY_SHARE + 1e-9
+        if res.rebalanced:
+            assert res.rebalanced["accuracy_after"] >= res.rebalanced["accuracy_before"]
+        order = rng.permutation(n)  # the classes' order does not matter
+        shuffled = merge.merge_by_confusion([classes[i] for i in order], conf[np.ix_(order, order)], sizes=sizes[order])
+        assert partition(shuffled.mapping) == partition(res.mapping) and shuffled.accuracy == res.accuracy
+
+
+def test_a_merge_that_reaches_its_target_is_not_rebalanced():
+    classes = [f"c{i}" for i in range(7)]
+    res = merge.merge_by_confusion(classes, block_confusion([[0, 3], [1, 4], [2, 5], [6]], 7))
+    assert res.rebalanced is None and res.log()["rebalanced"] is None
