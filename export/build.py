@@ -219,10 +219,6 @@ def merge_categories(data: TrainingData, tcfg: "train.TrainConfig", log: dict) -
                              **result.log(), "merge_map": merge_map, "confusion": conf.tolist(), "fine_classes": fine}
     print(f"categories: {len(fine)} fine classes merged into {len(result.categories)} by the confusion matrix of "
           f"{int(held.sum())} crops of products unseen by their probe: {result.stop}")
-    if result.rebalanced:
-        r = result.rebalanced
-        print(f"  rebalanced under the size cap ({r['starts']} starts): merged accuracy {r['accuracy_before']} -> "
-              f"{r['accuracy_after']}, {r['categories_before']} -> {r['categories_after']} categories")
     for name, c in result.categories.items():
         print(f"  {name}: {c['share']:.0%} of the products, accuracy {c['accuracy']}, {len(c['members'])} fine classes")
     return merge_map

@@ -202,6 +202,7 @@ def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarra
         before = {"accuracy_before": round(acc, 4), "categories_before": len(groups)}
         groups, acc, starts = rebalance(classes, conf, sizes, cap, groups)
         rebalanced = before | {"accuracy_after": round(acc, 4), "categories_after": len(groups), "starts": starts}
+        stop += f"; rebalanced under the cap: merged accuracy {acc:.4f}, {len(groups)} categories"
     names = category_names([[classes[i] for i in g] for g in groups], dict(zip(classes, sizes)))
     categories = {}
     for name, g in sorted(zip(names, groups), key=lambda x: -sizes[x[1]].sum()):
