@@ -259,9 +259,11 @@ def rebalance(classes: list[str], conf: np.ndarray, sizes: np.ndarray, cap: floa
               groups: list[list[int]]) -> tuple[list[list[int]], float, int]:
     """The partition of the classes with the most confusion inside its groups (the merged accuracy) under the
     size ``cap``, by ``_local_search`` from ``groups`` and from ``REBALANCE_STARTS`` random balanced partitions
-    per group count (from as few groups as the cap allows up to ``len(groups)``). Deterministic and independent
-    of the classes' order (the search runs on the classes sorted by name). Returns the groups, their merged
-    accuracy and the number of starts."""
+    per group count (from as few groups as the cap allows up to ``len(groups)``; a class bigger than the cap stands
+    alone). Deterministic, and independent of the classes' order for a given ``groups`` (the search runs on the
+    classes sorted by name; the agglomeration before it breaks exact ties by order). It maximises the confusion
+    counts inside the groups (the merged accuracy, where a large class weighs more), not the agglomeration's
+    row-normalised similarity. Returns the groups, their merged accuracy and the number of starts."""
     order = sorted(range(len(classes)), key=lambda i: classes[i])
     c = np.asarray(conf, float)[np.ix_(order, order)]
     sz = np.asarray(sizes, float)[order]
@@ -273,20 +275,24 @@ def rebalance(classes: list[str], conf: np.ndarray, sizes: np.ndarray, cap: floa
     def score(label: np.ndarray) -> float:
         return float((np.trace(c) + sum(w[np.ix_(label == g, label == g)].sum() / 2 for g in set(label.tolist()))) / total)
 
-    start = np.zeros(len(classes), int)
-    for g, members in enumerate(groups):
-        start[[pos[i] for i in members]] = g
+    start = np.zeros(len(classes), int)  # groups numbered by their first class in name order: ties break the same way
+    for g, members in enumerate(sorted(([pos[i] for i in m] for m in groups), key=min)):
+        start[members] = g
     best = _local_search(w, sz, cap, start)
     best_score, starts = score(best), 1
     rng = np.random.default_rng(REBALANCE_SEED)
-    fewest = max(1, int(np.ceil(sz.sum() / cap - 1e-9)))
+    alone = np.flatnonzero(sz > cap + 1e-9)  # a class bigger than the cap may only stand alone
+    fewest = max(1, len(alone) + int(np.ceil(np.delete(sz, alone).sum() / cap - 1e-9)))
     for k in range(fewest, len(groups) + 1):
         for _ in range(REBALANCE_STARTS):
             label, load = np.zeros(len(classes), int), np.zeros(k)
-            for i in rng.permutation(len(classes)):  # each class to the lightest group: balanced, within the cap
+            label[alone], load[:len(alone)] = np.arange(len(alone)), np.inf
+            for i in rng.permutation(len(classes)):  # each other class to the lightest group: balanced
+                if i in alone:
+                    continue
                 g = int(np.argmin(load))
                 label[i], load[g] = g, load[g] + sz[i]
-            if load.max() > cap + 1e-9:
+            if load[len(alone):].max(initial=0.0) > cap + 1e-9:
                 continue
             label = _local_search(w, sz, cap, label)
             starts += 1
