@@ -42,6 +42,12 @@ def fold_of(product_id: str) -> int:
     return int(hashlib.sha256(f"fold:{product_id}".encode()).hexdigest(), 16) % FOLDS
 
 
+def merged_accuracy(conf: np.ndarray, groups) -> float:
+    """The share of the confusion matrix's crops that stay inside their group (1.0 for an empty matrix)."""
+    total = float(conf.sum())
+    return float(sum(conf[np.ix_(g, g)].sum() for g in groups) / total) if total else 1.0
+
+
 def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     m = np.zeros((n, n), np.int64)
     np.add.at(m, (true, pred), 1)
@@ -160,11 +166,10 @@ def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarra
         raise ValueError(f"sizes must be {n} non-negative numbers, not all zero")
     cap = max_share * sizes.sum()
     s = similarity(conf)
-    total = max(float(conf.sum()), 1.0)
     groups: list[list[int]] = [[i] for i in range(n)]
 
     def accuracy(gs: list[list[int]]) -> float:
-        return float(sum(conf[np.ix_(g, g)].sum() for g in gs) / total) if conf.sum() else 1.0
+        return merged_accuracy(conf, gs)
 
     def link(a: list[int], b: list[int]) -> float:
         return float(s[np.ix_(a, b)].mean())
@@ -200,7 +205,8 @@ def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarra
     rebalanced = None
     if cap_limited and acc < target:
         before = {"accuracy_before": round(acc, 4), "categories_before": len(groups)}
-        groups, acc, starts = rebalance(classes, conf, sizes, cap, groups)
+        groups, starts = rebalance(classes, conf, sizes, cap, groups)
+        acc = accuracy(groups)
         rebalanced = before | {"accuracy_after": round(acc, 4), "categories_after": len(groups), "starts": starts}
         stop += f"; rebalanced under the cap: merged accuracy {acc:.4f}, {len(groups)} categories"
     names = category_names([[classes[i] for i in g] for g in groups], dict(zip(classes, sizes)))
@@ -256,24 +262,23 @@ def _local_search(w: np.ndarray, sizes: np.ndarray, cap: float, label: np.ndarra
 
 
 def rebalance(classes: list[str], conf: np.ndarray, sizes: np.ndarray, cap: float,
-              groups: list[list[int]]) -> tuple[list[list[int]], float, int]:
+              groups: list[list[int]]) -> tuple[list[list[int]], int]:
     """The partition of the classes with the most confusion inside its groups (the merged accuracy) under the
     size ``cap``, by ``_local_search`` from ``groups`` and from ``REBALANCE_STARTS`` random balanced partitions
     per group count (from as few groups as the cap allows up to ``len(groups)``; a class bigger than the cap stands
     alone). Deterministic, and independent of the classes' order for a given ``groups`` (the search runs on the
     classes sorted by name; the agglomeration before it breaks exact ties by order). It maximises the confusion
     counts inside the groups (the merged accuracy, where a large class weighs more), not the agglomeration's
-    row-normalised similarity. Returns the groups, their merged accuracy and the number of starts."""
+    row-normalised similarity. Returns the groups and the number of starts."""
     order = sorted(range(len(classes)), key=lambda i: classes[i])
     c = np.asarray(conf, float)[np.ix_(order, order)]
     sz = np.asarray(sizes, float)[order]
     w = c + c.T
     np.fill_diagonal(w, 0.0)
-    total = max(c.sum(), 1.0)
     pos = {i: r for r, i in enumerate(order)}
 
     def score(label: np.ndarray) -> float:
-        return float((np.trace(c) + sum(w[np.ix_(label == g, label == g)].sum() / 2 for g in set(label.tolist()))) / total)
+        return merged_accuracy(c, [np.flatnonzero(label == g) for g in set(label.tolist())])
 
     start = np.zeros(len(classes), int)  # groups numbered by their first class in name order: ties break the same way
     for g, members in enumerate(sorted(([pos[i] for i in m] for m in groups), key=min)):
@@ -300,4 +305,4 @@ def rebalance(classes: list[str], conf: np.ndarray, sizes: np.ndarray, cap: floa
                 best, best_score = label, score(label)
     found = [sorted(order[r] for r in np.flatnonzero(best == g)) for g in sorted(set(best.tolist()))]
     found.sort(key=lambda g: min(classes[i] for i in g))
-    return found, best_score, starts
+    return found, starts
