@@ -192,6 +192,7 @@ def merge_categories(data: TrainingData, tcfg: "train.TrainConfig", log: dict) -
     import torch
 
     from export import merge, train
+    from export.models import class_prototypes, mixed_probs
 
     seed_stage(tcfg, "merge")
     fine, crops, pooled = data.sources.fine_classes, data.crops, data.pooled
@@ -201,12 +202,15 @@ def merge_categories(data: TrainingData, tcfg: "train.TrainConfig", log: dict) -
     conf = np.zeros((len(fine), len(fine)), np.int64)
     probe_correct = []
     for k in range(merge.FOLDS):
+        seen = tr & (fold != k)
         probe = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(pooled.shape[1], len(fine)))
-        train.train_classifier(probe, pooled[tr & (fold != k)], fine_of[tr & (fold != k)], tcfg, progress=False)
+        train.train_classifier(probe, pooled[seen], fine_of[seen], tcfg, progress=False)
         held = (fold == k) & ~crops.is_catalog
         probe.eval()
-        with torch.no_grad():
-            pred = probe(torch.from_numpy(pooled[held]).float()).argmax(1).numpy()
+        with torch.no_grad():  # decided as the served classifier decides: the head mixed with its fold's prototypes
+            x = torch.from_numpy(pooled[held]).float()
+            protos = class_prototypes(torch.from_numpy(pooled[seen]), torch.from_numpy(fine_of[seen]), len(fine))
+            pred = mixed_probs(probe(x), x, protos).argmax(1).numpy()
         conf += merge.confusion(fine_of[held], pred, len(fine))
         probe_correct.append(pred == fine_of[held])
     held = ~crops.is_catalog
@@ -238,14 +242,17 @@ def classifier_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, o
         cls = old.classifier_model()
         log["category_merge"] = old.log.get("category_merge")
     else:
-        from export.models import Classifier
+        from export.models import Classifier, class_prototypes
 
         merge_map = merge_categories(data, tcfg, log)
-        cls = Classifier(data.sources.fine_classes, merge_map)
+        fine = data.sources.fine_classes
+        protos = class_prototypes(torch.from_numpy(data.pooled[~va]), torch.from_numpy(fine_of[~va]), len(fine))
+        cls = Classifier(fine, merge_map, prototypes=protos)
         log["classifier_curve"] = train.train_classifier(cls.head, data.pooled[~va], fine_of[~va], tcfg)[-1:]
     fine, merge_map = cls.fine_classes, cls.merge
     with torch.no_grad():
-        pred = cls.head(torch.from_numpy(data.pooled[va]).float()).argmax(1).numpy()
+        x = torch.from_numpy(data.pooled[va]).float()
+        pred = cls.decide(cls.head(x), x)[0].numpy()
     log["classifier_val"] = {"fine_accuracy": round(float((pred == fine_of[va]).mean()), 4),
                              "category_accuracy": round(float(np.mean([merge_map[fine[a]] == merge_map[fine[b]]
                                                                        for a, b in zip(pred, fine_of[va])])), 4)}

@@ -49,12 +49,13 @@ class Heads:
     embedder_tuned_head: dict | None  # Embedder.tuned_head state_dict, None when not trained
     log: dict  # the training log (data, config, metrics, category merge)
     detector_refiner: dict | None = None  # RefinerEnsemble state_dict (or one BoxRefiner's); None: a detector built before the refiner (no refinement)
+    classifier_prototypes: torch.Tensor | None = None  # Classifier.prototypes; None: a classifier built before them (its head alone)
 
     @classmethod
     def from_models(cls, det: Detector, cls_model: Classifier, emb: Embedder, log: dict) -> "Heads":
         return cls(det.head.state_dict(), cls_model.head.state_dict(), list(cls_model.fine_classes), dict(cls_model.merge),
                    emb.proj.state_dict(), emb.center, emb.tuned_head.state_dict() if emb.tuned_head is not None else None, log,
-                   det.refiner.state_dict() if det.refiner is not None else None)
+                   det.refiner.state_dict() if det.refiner is not None else None, cls_model.prototypes)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -62,7 +63,8 @@ class Heads:
         torch.save({"detector": self.detector, "classifier": self.classifier, "fine_classes": self.fine_classes,
                     "merge": self.merge, "embedder": {"proj": self.embedder_proj, "center": self.embedder_center,
                                                       "tuned_head": self.embedder_tuned_head},
-                    "log": self.log, "detector_refiner": self.detector_refiner}, path)
+                    "log": self.log, "detector_refiner": self.detector_refiner,
+                    "classifier_prototypes": self.classifier_prototypes}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Heads":
@@ -80,7 +82,8 @@ class Heads:
                                   "rebuild it with python -m export.build --force")
         e = raw["embedder"]
         return cls(raw["detector"], raw["classifier"], list(raw["fine_classes"]), dict(raw["merge"]),
-                   e["proj"], e["center"], e["tuned_head"], raw["log"], raw.get("detector_refiner"))
+                   e["proj"], e["center"], e["tuned_head"], raw["log"], raw.get("detector_refiner"),
+                   raw.get("classifier_prototypes"))
 
     def detector_model(self, *, pretrained: bool = True) -> Detector:
         head, refiner = _members(self.detector), _members(self.detector_refiner)
@@ -93,7 +96,7 @@ class Heads:
         return det.eval()
 
     def classifier_model(self, *, pretrained: bool = True) -> Classifier:
-        model = Classifier(self.fine_classes, self.merge, pretrained=pretrained)
+        model = Classifier(self.fine_classes, self.merge, pretrained=pretrained, prototypes=self.classifier_prototypes)
         model.head.load_state_dict(self.classifier)
         return model.eval()
 
