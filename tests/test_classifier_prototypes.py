@@ -31,6 +31,9 @@ def test_the_mix_is_the_heads_softmax_and_the_prototypes_softmax_at_their_weight
     want = (1 - models.PROTOTYPE_WEIGHT) * torch.softmax(logits, 1) + models.PROTOTYPE_WEIGHT * near
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
     np.testing.assert_allclose(got.sum(1).numpy(), 1.0, atol=1e-6)
+    # by hand, the first row: softmax(2, 0, 0) = (0.7870, 0.1065, 0.1065); the crop points at prototype 2 (cosines
+    # 0, 0, 1 at tau 0.05: all of the prototypes' mass on class 2); 0.7 x the head + 0.3 x that
+    np.testing.assert_allclose(got[0].numpy(), [0.5509, 0.0745, 0.3745], atol=2e-4)
     # flat logits: the class whose prototype the crop points at wins; a head that is sure of itself still wins
     assert got.argmax(1).tolist() == [0, 2]
 
@@ -42,10 +45,15 @@ def test_a_classifier_decides_with_its_prototypes_and_keeps_them_through_its_hea
     with torch.no_grad():
         cls.head[1].weight.zero_(); cls.head[1].bias.zero_()  # a head with no opinion: the prototypes decide
     pooled = protos[[2, 0]] * 3
-    f, k, s = cls.decide(cls.head(pooled), pooled)
+    with torch.no_grad():
+        f, k, s = cls.decide(cls.head(pooled), pooled)
     assert f.tolist() == [2, 0] and [cls.categories[i] for i in k] == ["Y", "X"]
-    # without the pooled vectors (or without prototypes) the head alone decides: uniform, so the first class
-    assert cls.decide(cls.head(pooled))[0].tolist() == [0, 0]
+    # the served step (ClassifierHead, what the ONNX file is exported from) decides the same way
+    with torch.no_grad():
+        served = models.ClassifierHead(cls)(pooled)
+    assert all(torch.equal(a, b) for a, b in zip(served, (f, k, s)))
+    with pytest.raises(ValueError, match="pooled vectors"):  # never the head alone by omission
+        cls.decide(cls.head(pooled))
 
     heads = Heads({}, cls.head.state_dict(), fine, merge, {}, torch.zeros(1), None, {}, None, cls.prototypes)
     heads.save(tmp_path / "heads.pt")
