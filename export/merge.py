@@ -168,14 +168,11 @@ def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarra
     s = similarity(conf)
     groups: list[list[int]] = [[i] for i in range(n)]
 
-    def accuracy(gs: list[list[int]]) -> float:
-        return merged_accuracy(conf, gs)
-
     def link(a: list[int], b: list[int]) -> float:
         return float(s[np.ix_(a, b)].mean())
 
     steps: list[dict] = []
-    acc = accuracy(groups)
+    acc = merged_accuracy(conf, groups)
     stop, cap_limited = "one category left", False
     while len(groups) > 1:
         best, best_any = None, 0.0
@@ -199,14 +196,14 @@ def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarra
         ga, gb = groups[a], groups[b]
         groups = [g for i, g in enumerate(groups) if i not in (a, b)]
         groups.insert(a, ga + gb)
-        acc = accuracy(groups)
+        acc = merged_accuracy(conf, groups)
         steps.append({"merged": [[classes[i] for i in ga], [classes[i] for i in gb]], "similarity": round(v, 4),
                       "accuracy_after": round(acc, 4), "share_after": round(float(sizes[ga + gb].sum() / sizes.sum()), 4)})
     rebalanced = None
     if cap_limited and acc < target:
         before = {"accuracy_before": round(acc, 4), "categories_before": len(groups)}
         groups, starts = rebalance(classes, conf, sizes, cap, groups)
-        acc = accuracy(groups)
+        acc = merged_accuracy(conf, groups)
         rebalanced = before | {"accuracy_after": round(acc, 4), "categories_after": len(groups), "starts": starts}
         stop += f"; rebalanced under the cap: merged accuracy {acc:.4f}, {len(groups)} categories"
     names = category_names([[classes[i] for i in g] for g in groups], dict(zip(classes, sizes)))
@@ -217,7 +214,7 @@ def merge_by_confusion(classes: list[str], conf: np.ndarray, *, sizes: np.ndarra
                             "share": round(float(sizes[g].sum() / sizes.sum()), 4),
                             "accuracy": round(float(conf[np.ix_(g, g)].sum() / row), 4) if row else None}
     mapping = {classes[i]: name for name, g in zip(names, groups) for i in g}
-    return CategoryMerge(mapping, steps, categories, round(acc, 4), round(accuracy([[i] for i in range(n)]), 4),
+    return CategoryMerge(mapping, steps, categories, round(acc, 4), round(merged_accuracy(conf, [[i] for i in range(n)]), 4),
                          stop, cap_limited and acc < target, max_share, target, rebalanced)
 
 
@@ -301,8 +298,9 @@ def rebalance(classes: list[str], conf: np.ndarray, sizes: np.ndarray, cap: floa
                 continue
             label = _local_search(w, sz, cap, label)
             starts += 1
-            if score(label) > best_score + 1e-12:
-                best, best_score = label, score(label)
+            found_score = score(label)
+            if found_score > best_score + 1e-12:
+                best, best_score = label, found_score
     found = [sorted(order[r] for r in np.flatnonzero(best == g)) for g in sorted(set(best.tolist()))]
     found.sort(key=lambda g: min(classes[i] for i in g))
     return found, starts
