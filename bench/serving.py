@@ -6,7 +6,7 @@ export.demo_data into data/bench/serving/photos/ when missing) go
 - **in process**: ``export.pipeline.Pipeline`` over the same ONNX files with onnxruntime's default threads
   (what the served configs ask for), one image after another (c=1) and from 2 threads (c=2): the baseline;
 - **client-side chaining**: the client decodes, letterboxes and crops itself and calls the served
-  ``detector``, ``features``, ``classifier`` and ``embedder`` over gRPC (four calls instead of one);
+  ``detector``, ``query_features``, ``classifier`` and ``embedder`` over gRPC (four calls instead of one);
 - **the ensemble over gRPC** with the real ``perf_analyzer`` at each concurrency, for each repository
   variant: a copy of model_repository/ whose generated configs differ (``VARIANTS``: instance counts,
   threads, dynamic batching), served by its own tritonserver on free ports.
@@ -37,7 +37,7 @@ from client import spec
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "data" / "bench" / "serving"
-HEAVY = (spec.DETECTOR.name, spec.BACKBONE.name)  # the models that hold nearly all of the compute
+HEAVY = (spec.DETECTOR.name, spec.BACKBONE.name, spec.QUERY_FEATURES.name)  # the models that hold nearly all of the compute
 
 
 def _set_threads(cfg, threads: int) -> None:
@@ -158,7 +158,8 @@ def _loop(one: Callable[[int], object], threads: int, seconds: float) -> dict:
 
 
 def client_chain(url: str, images: list[bytes], threads: int, seconds: float) -> dict:
-    """The client chains the steps itself: decode + letterbox + crop graph here, four model calls to Triton."""
+    """The client chains the search ensemble's steps itself: decode + letterbox + crop graph here, four model calls
+    to Triton (the backbone through ``query_features``, with the crop graph's jitter crops)."""
     import onnxruntime as ort
 
     from client import imaging
@@ -171,8 +172,10 @@ def client_chain(url: str, images: list[bytes], threads: int, seconds: float) ->
     def one(i: int):
         det_image, src, size = imaging.letterbox(imaging.decode(images[i % len(images)]))
         det = client.call(spec.DETECTOR.name, {spec.DET_IMAGE.name: det_image, spec.DET_SOURCE.name: src}, [spec.DET_BOXES.name, spec.DET_SCORES.name])
-        crops, *_ = crop.run(None, {spec.CROP_SOURCE.name: src, spec.IMAGE_SIZE.name: size, **det})
-        feats = client.call(spec.BACKBONE.name, {spec.CROPS.name: crops}, [spec.FEATURES.name])
+        cut = dict(zip((t.name for t in spec.CROP.outputs), crop.run(None, {spec.CROP_SOURCE.name: src, spec.IMAGE_SIZE.name: size, **det})))
+        crops = cut[spec.CROPS.name]
+        feats = client.call(spec.QUERY_FEATURES.name, {spec.CROPS.name: crops, spec.JITTER_CROPS.name: cut[spec.JITTER_CROPS.name]},
+                            [spec.FEATURES.name])
         client.call(spec.CLASSIFIER.name, feats, [t.name for t in spec.CLASSIFIER.outputs])
         client.call(spec.EMBEDDER.name, {**feats, spec.CROPS.name: crops}, [t.name for t in spec.EMBEDDER.outputs])
 

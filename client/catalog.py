@@ -88,8 +88,9 @@ class Described:
 
 def describe(client: RetrievalClient, data: bytes, name: str, with_views: bool = True) -> Described:
     """Sends one catalog image (and with ``with_views`` its synthetic views) to the server; BadImage when the server
-    cannot read the image (a view it refuses is left out)."""
-    result = client.infer(data, name)
+    cannot read the image (a view it refuses is left out). The objects come from the catalog ensemble
+    (``RetrievalClient.infer_catalog``: no box jitter)."""
+    result = client.infer_catalog(data, name)
     asked = CATALOG_VIEWS if with_views else ()
     try:
         img = imaging.decode(data)

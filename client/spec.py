@@ -12,9 +12,9 @@ Pipeline (ensemble ``retrieval``)::
     image_bytes ─► preprocess ─► det_image ─► detector ─► det_boxes, det_scores ─┐
                               ├► crop_source ──┘ (its second scale)               │
                               └► crop_source, image_size ────────────────────────┴► crop
-    crop ─► crops ─► features ─► features ─► classifier ─► fine_class, category, category_score
-               │                        └──► embedder   ─► embeddings, embedder_id
-               └───────────────────────────────► embedder (the colour part)
+    crop ─► crops, jitter_crops ─► query_features ─► features ─► classifier ─► fine_class, category, category_score
+               │                                           └──► embedder   ─► embeddings, embedder_id
+               └──────────────────────────────────────────────► embedder (the colour part)
     crop ─► boxes, scores, valid
 
 The crop step passes on only the rows a caller reports (the row policy below): every detection above
@@ -24,9 +24,17 @@ every per-object output has N rows, 1 <= N <= MAX_OBJECTS + 1, and the backbone 
 the classifier and the embedder) runs on those rows only. The whole-image row is ``valid`` only when
 no detection is, so a caller that keeps the valid rows always gets at least one object.
 
-A second ensemble, ``whole_image`` (preprocess -> whole_crop -> features -> embedder), gives the
-whole-image embedding alone (the last row of ``retrieval``'s, bit for bit) without the detector:
-dedup and anything else that embeds whole images use it.
+``retrieval`` is the search side. Its crop step also cuts each detection row at its box shrunk and grown by
+QUERY_BOX_JITTER of its width and height on each side (``jitter_crops``), and ``query_features`` gives each row
+the mean of the three crops' pooled vectors: a detected box is seldom exact, and the mean is steadier than the
+one crop (measured in the README, "Box jitter on the query side"). ``retrieval_catalog`` is the same chain with
+the plain ``features`` step (one crop per row): client.catalog indexes with it, because a catalog image's box is
+tight (one product on white) and jitter there loses. The whole-image row's jitter crops are its own crop, so its
+features are the plain ones in both.
+
+A third ensemble, ``whole_image`` (preprocess -> whole_crop -> features -> embedder), gives the
+whole-image embedding alone (the last row of ``retrieval``'s and ``retrieval_catalog``'s, bit for bit) without
+the detector: dedup and anything else that embeds whole images use it.
 
 Pure Python on purpose, with no import from the project: importing it needs neither torch nor
 tritonclient, and export.repository copies it (with imaging.py) next to the Python model that needs it.
@@ -62,6 +70,11 @@ EXTRA_OBJECTS = 2  # at most this many detections below the threshold besides th
 EXTRA_MIN_SCORE = 0.10  # ... each scoring at least this
 MAX_OVERLAP = 0.5  # IoU above which a row repeats a box already taken (the detector has no NMS, only a 3x3 max-pool)
 FEATURE_DIM = 1280  # the shared backbone's pooled vector (EfficientNet-Lite0 head)
+# the search ensemble's box jitter (export/crop_graph.py, QUERY_FEATURES): each detection row is also cut at its
+# box moved in and out by this share of its width and height on each side, and its features are the mean of the
+# three crops'. Chosen with `python -m export.evaluate` (seed 1234; 0.04 / 0.06 / 0.1 and two pairs, README "Box
+# jitter on the query side"), checked on seed 777
+QUERY_BOX_JITTER = 0.06
 # search narrows to the object's category only when the mean of the classifier's category_score and the
 # category's share among the object's nearest catalog products reaches this (client/category.py; export.evaluate
 # reports Recall with the filter at several thresholds); below it, the whole catalog is searched
@@ -75,7 +88,8 @@ ONNX_OPSET = 17
 MEAN = (127.0, 127.0, 127.0)
 STD = (128.0, 128.0, 128.0)
 
-ENSEMBLE = "retrieval"
+ENSEMBLE = "retrieval"  # the search side (box jitter)
+CATALOG_ENSEMBLE = "retrieval_catalog"  # the same outputs for indexing a catalog image (no jitter)
 DEFAULT_TRITON_URL = "127.0.0.1:8001"  # gRPC; overridden by $TRITON_URL or --triton-url
 ONNX_FILENAME = "model.onnx"
 # files the CLIs read as images (Pillow decodes them; animated ones give their first frame)
@@ -130,6 +144,9 @@ IMAGE_SIZE = Tensor("image_size", "FP32", (2,))  # original (height, width) in p
 DET_BOXES = Tensor("det_boxes", "FP32", (-1, K, 4))  # x1, y1, x2, y2 in [0, 1] of the padded square
 DET_SCORES = Tensor("det_scores", "FP32", (-1, K))
 CROPS = Tensor("crops", "UINT8", (-1, 3, CROP_SIZE, CROP_SIZE))
+# each row of crops cut again at its box shrunk, then each at its box grown, by QUERY_BOX_JITTER (2N rows: the N
+# shrunk ones, then the N grown ones; the whole-image row's two are its own crop)
+JITTER_CROPS = Tensor("jitter_crops", "UINT8", (-1, 3, CROP_SIZE, CROP_SIZE))
 FEATURES = Tensor("features", "FP32", (-1, FEATURE_DIM))  # the shared backbone's pooled vector of each crop
 BOXES = Tensor("boxes", "FP32", (-1, 4))  # x1, y1, x2, y2 in original-image pixels
 SCORES = Tensor("scores", "FP32", (-1,))
@@ -157,9 +174,10 @@ DETECTOR = ModelSpec(
 )
 CROP = ModelSpec(
     "crop", "onnx", (CROP_SOURCE, Tensor("det_boxes", "FP32", (1, K, 4)), Tensor("det_scores", "FP32", (1, K)), IMAGE_SIZE),
-    (CROPS, BOXES, SCORES, VALID),
+    (CROPS, BOXES, SCORES, VALID, JITTER_CROPS),
     "Selects the reported rows (the row policy: valid detections, a few weaker ones, no duplicates, score order, "
-    "then the whole image) and cuts them (RoiAlign); boxes in original pixels, validity mask.",
+    "then the whole image) and cuts them (RoiAlign); boxes in original pixels, validity mask; each row also cut "
+    "at its box shrunk and grown (the search side's box jitter).",
 )
 WHOLE_CROP = ModelSpec(
     "whole_crop", "onnx", (CROP_SOURCE, IMAGE_SIZE), (CROPS,),
@@ -168,6 +186,11 @@ WHOLE_CROP = ModelSpec(
 BACKBONE = ModelSpec(
     "features", "onnx", (CROPS,), (FEATURES,),
     "The frozen ImageNet EfficientNet-Lite0 backbone, run once per crop for the classifier and the embedder.",
+)
+QUERY_FEATURES = ModelSpec(
+    "query_features", "onnx", (CROPS, JITTER_CROPS), (FEATURES,),
+    "The same frozen backbone on each row's crop and its two jitter crops (one batch): the mean of the three pooled "
+    "vectors (the whole-image row: its own vector, bit for bit).",
 )
 CLASSIFIER = ModelSpec(
     "classifier", "onnx", (FEATURES,), (FINE_CLASS, CATEGORY, CATEGORY_SCORE),
@@ -190,7 +213,8 @@ class Ensemble:
 
 
 # Order = execution order of the ensemble; every input is produced by an earlier step or the request.
-STEPS = (PREPROCESS, DETECTOR, CROP, BACKBONE, CLASSIFIER, EMBEDDER)
+STEPS = (PREPROCESS, DETECTOR, CROP, QUERY_FEATURES, CLASSIFIER, EMBEDDER)
+CATALOG_STEPS = (PREPROCESS, DETECTOR, CROP, BACKBONE, CLASSIFIER, EMBEDDER)
 TRAINED_MODELS = (DETECTOR, CLASSIFIER, EMBEDDER)  # trained by export.build; crop, whole_crop are built graphs, features is frozen
 
 ENSEMBLE_INPUTS = (IMAGE_BYTES,)
@@ -198,7 +222,10 @@ ENSEMBLE_OUTPUTS = (BOXES, SCORES, VALID, FINE_CLASS, CATEGORY, CATEGORY_SCORE, 
 WHOLE_IMAGE = "whole_image"
 ENSEMBLES = (
     Ensemble(ENSEMBLE, STEPS, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS,
-             "Objects of one image: boxes, categories and embeddings of the reported rows, the whole image last."),
+             "Objects of one image: boxes, categories and embeddings of the reported rows, the whole image last "
+             "(the search side: each detection row's features averaged over its box jitter)."),
+    Ensemble(CATALOG_ENSEMBLE, CATALOG_STEPS, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS,
+             "The same objects for a catalog image, each row from its own crop alone (client.catalog indexes with it)."),
     Ensemble(WHOLE_IMAGE, (PREPROCESS, WHOLE_CROP, BACKBONE, EMBEDDER), (IMAGE_BYTES,), (EMBEDDINGS, EMBEDDER_ID),
              "The whole-image embedding of one image (one row), without the detector."),
 )

@@ -124,6 +124,7 @@ class RetrievalClient:
         self.dim = int(outputs["embeddings"]["dims"][-1])
         self.output_names = wanted
         self._embedder_id: str | None = None
+        self._catalog_ready: bool | None = None  # infer_catalog asks the server once
 
     def close(self) -> None:
         self._client.close()
@@ -141,6 +142,17 @@ class RetrievalClient:
     def outputs(self, data: bytes, name: str = "<bytes>") -> dict[str, np.ndarray]:
         """The ensemble's raw outputs for one encoded image, every row, by tensor name."""
         return self.call(self.model, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
+
+    def infer_catalog(self, data: bytes, name: str = "<bytes>") -> ImageResult:
+        """``infer`` for a catalog image: the ``retrieval_catalog`` ensemble, the same outputs with each row's
+        features from its own crop (no box jitter: a catalog box is tight). What client.catalog indexes."""
+        if self._catalog_ready is None:
+            self._catalog_ready = self.models_ready([spec.CATALOG_ENSEMBLE])
+        if not self._catalog_ready:
+            raise ModelNotReady(f"model {spec.CATALOG_ENSEMBLE!r} is not ready on {self.url}; the server's model repository "
+                                "predates it: run `python -m export.build` (or `python -m export.repository`) and restart it")
+        out = self.call(spec.CATALOG_ENSEMBLE, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
+        return ImageResult.from_outputs(out)
 
     def whole_image_embedding(self, data: bytes, name: str = "<bytes>") -> np.ndarray:
         """The embedding of a whole encoded image, from the detector-free ``whole_image`` ensemble (no detection,

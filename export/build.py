@@ -354,6 +354,21 @@ def export_features(backbone, path: Path, img):
     return m, worst
 
 
+def export_query_features(backbone, path: Path, img) -> float:
+    """The search side's backbone: crops and their jitter crops -> the mean pooled vectors. Returns the parity."""
+    import torch
+
+    from export.models import QueryFeatures
+    from export.onnx_export import export_torch, finish, metadata, parity
+
+    net = QueryFeatures(backbone).eval()
+    pair = lambda n: (img(n, spec.CROP_SIZE), img(2 * n, spec.CROP_SIZE))  # noqa: E731
+    m = export_torch(net, spec.QUERY_FEATURES, path, tuple(torch.from_numpy(a) for a in pair(2)),
+                     batch_names={spec.JITTER_CROPS.name: "jitter_batch"})
+    finish(m, spec.QUERY_FEATURES, path, metadata(spec.QUERY_FEATURES))
+    return parity(path, lambda c, j: [net(torch.from_numpy(c), torch.from_numpy(j)).numpy()], [pair(1), pair(spec.NUM_ROWS)])
+
+
 def _pooled(cls: "Classifier", img) -> list[np.ndarray]:
     """Parity inputs of the heads: the backbone's pooled vectors of random crops, one and NUM_ROWS rows."""
     import torch
@@ -446,6 +461,7 @@ def export_models(heads: "Heads", repo: Path, todo: set[str], seed: int, log: di
         if spec.DETECTOR.name in todo:
             parity_log[spec.DETECTOR.name] = export_detector(det, spec.onnx_file(repo, spec.DETECTOR.name), img)
         features, parity_log[spec.BACKBONE.name] = export_features(cls.backbone, spec.onnx_file(repo, spec.BACKBONE.name), img)
+        parity_log[spec.QUERY_FEATURES.name] = export_query_features(cls.backbone, spec.onnx_file(repo, spec.QUERY_FEATURES.name), img)
         if spec.CLASSIFIER.name in todo:
             parity_log[spec.CLASSIFIER.name] = export_classifier(cls, spec.onnx_file(repo, spec.CLASSIFIER.name), img)
         if spec.EMBEDDER.name in todo:
@@ -458,7 +474,7 @@ def export_models(heads: "Heads", repo: Path, todo: set[str], seed: int, log: di
         onnx.save(graph, str(spec.onnx_file(repo, model.name)))
     log["onnx_parity_max_abs_diff"] = parity_log
     log["export_seconds"] = round(time.time() - t1, 1)
-    print(f"exported {', '.join(sorted(todo))}, features, crop and whole_crop to {repo} (parity max |diff|: {parity_log})")
+    print(f"exported {', '.join(sorted(todo))}, features, query_features, crop and whole_crop to {repo} (parity max |diff|: {parity_log})")
 
 
 def write_log(log: dict, build_dir: Path, repo: Path) -> None:

@@ -5,7 +5,9 @@ no torch needed.
 detections above SCORE_THRESHOLD, then at most EXTRA_OBJECTS weaker ones scoring >= EXTRA_MIN_SCORE, a
 box overlapping a better one by IoU > MAX_OVERLAP dropped (NonMaxSuppression), in score order — then
 appends the whole image, cuts every row from the padded-square crop source at CROP_SIZE, maps boxes to
-original pixels and says which rows are objects (the whole image is valid only when no detection is).
+original pixels and says which rows are objects (the whole image is valid only when no detection is). It also
+cuts every row again at its box shrunk and grown by QUERY_BOX_JITTER (``jitter_crops``, for the search side's
+``query_features``).
 ``every_row=True`` builds the same graph without the selection (all K detections, then the whole image):
 training cuts its crops with it, and export.evaluate measures row policies on it.
 ``whole_crop`` (``spec.WHOLE_CROP``) cuts the whole-image row alone, the same way.
@@ -47,24 +49,49 @@ def _whole_box_nodes() -> tuple[list, list]:
     return inits, nodes
 
 
-def _cut_nodes(rows_norm: str, out: str) -> tuple[list, list]:
-    """Crops of the rows ``rows_norm`` [N, 4] (normalised to the padded square) from ``crop_source``."""
+def _cut_nodes(rows_norm: str, out: str, prefix: str = "") -> tuple[list, list]:
+    """Crops of the rows ``rows_norm`` [N, 4] (normalised to the padded square) from ``crop_source``;
+    ``prefix`` names the intermediate tensors, so one graph can cut twice."""
     inits = [_const("src_side", float(spec.CROP_SOURCE_SIZE)), _const("u8_min", 0.0), _const("u8_max", 255.0),
              _const("first_dim", [0], np.int64), _const("one_dim", [1], np.int64)]
+    n = lambda name: prefix + name  # noqa: E731
     nodes = [
-        helper.make_node("Cast", ["crop_source"], ["src_f"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", [rows_norm, "src_side"], ["rois"]),
-        helper.make_node("Shape", ["rois"], ["rois_shape"]),
-        helper.make_node("Slice", ["rois_shape", "first_dim", "one_dim"], ["n_rows"]),
-        helper.make_node("ConstantOfShape", ["n_rows"], ["batch_idx"], value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
-        helper.make_node("RoiAlign", ["src_f", "rois", "batch_idx"], ["crops_f"], mode="avg",
+        helper.make_node("Cast", ["crop_source"], [n("src_f")], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [rows_norm, "src_side"], [n("rois")]),
+        helper.make_node("Shape", [n("rois")], [n("rois_shape")]),
+        helper.make_node("Slice", [n("rois_shape"), "first_dim", "one_dim"], [n("n_rows")]),
+        helper.make_node("ConstantOfShape", [n("n_rows")], [n("batch_idx")], value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
+        helper.make_node("RoiAlign", [n("src_f"), n("rois"), n("batch_idx")], [n("crops_f")], mode="avg",
                          output_height=spec.CROP_SIZE, output_width=spec.CROP_SIZE, sampling_ratio=2,
                          spatial_scale=1.0, coordinate_transformation_mode="half_pixel"),
-        helper.make_node("Round", ["crops_f"], ["crops_r"]),
-        helper.make_node("Clip", ["crops_r", "u8_min", "u8_max"], ["crops_c"]),
-        helper.make_node("Cast", ["crops_c"], [out], to=TensorProto.UINT8),
+        helper.make_node("Round", [n("crops_f")], [n("crops_r")]),
+        helper.make_node("Clip", [n("crops_r"), "u8_min", "u8_max"], [n("crops_c")]),
+        helper.make_node("Cast", [n("crops_c")], [out], to=TensorProto.UINT8),
     ]
     return inits, nodes
+
+
+def _jitter_nodes() -> tuple[list, list]:
+    """``sel_boxes`` [M, 4] and ``whole_box`` -> ``jitter_crops`` [2(M + 1)]: each selected box moved in by
+    spec.QUERY_BOX_JITTER of its width and height on each side, then each moved out, both clipped to the image
+    (``rel_limits``); the whole-image row's two are its own box."""
+    j = spec.QUERY_BOX_JITTER
+    inits = [_const("jit_axis1", [1], np.int64), _const("jit_lo", [0], np.int64), _const("jit_mid", [2], np.int64),
+             _const("jit_hi", [4], np.int64), _const("jit_step", [j, j, -j, -j])]
+    nodes = [
+        helper.make_node("Slice", ["sel_boxes", "jit_lo", "jit_mid", "jit_axis1"], ["jit_xy1"]),
+        helper.make_node("Slice", ["sel_boxes", "jit_mid", "jit_hi", "jit_axis1"], ["jit_xy2"]),
+        helper.make_node("Sub", ["jit_xy2", "jit_xy1"], ["jit_wh"]),
+        helper.make_node("Concat", ["jit_wh", "jit_wh"], ["jit_wh4"], axis=1),
+        helper.make_node("Mul", ["jit_wh4", "jit_step"], ["jit_move"]),  # inwards: (+dx, +dy, -dx, -dy)
+    ]
+    for name, op in (("jit_in", "Add"), ("jit_out", "Sub")):
+        nodes += [helper.make_node(op, ["sel_boxes", "jit_move"], [name + "_raw"]),
+                  helper.make_node("Max", [name + "_raw", "zero"], [name + "_pos"]),
+                  helper.make_node("Min", [name + "_pos", "rel_limits"], [name])]
+    nodes.append(helper.make_node("Concat", ["jit_in", "whole_box", "jit_out", "whole_box"], ["jitter_rows"], axis=0))
+    i2, n2 = _cut_nodes("jitter_rows", spec.JITTER_CROPS.name, prefix="jit_")
+    return inits + i2, nodes + n2
 
 
 def _selection_nodes(every_row: bool) -> tuple[list, list]:
@@ -128,7 +155,9 @@ def build_crop_model(*, every_row: bool = False) -> onnx.ModelProto:
                         _const("shape_1", [1], np.int64), _const("no_valid", [0.0])]
     if every_row:
         n2.append(helper.make_node("Concat", ["w_rel1", "h_rel1", "w_rel1", "h_rel1"], ["rel_limits"], axis=0))
-    nodes += n2 + [helper.make_node("Concat", ["sel_boxes", "whole_box"], ["rows_norm"], axis=0)] + n3 + [
+    i4, n4 = _jitter_nodes()
+    inits += i4
+    nodes += n2 + [helper.make_node("Concat", ["sel_boxes", "whole_box"], ["rows_norm"], axis=0)] + n3 + n4 + [
         # boxes in original pixels, clipped to the image
         helper.make_node("Mul", ["rows_norm", "side"], ["boxes_raw"]),
         helper.make_node("Mul", ["rel_limits", "side"], ["px_limits"]),

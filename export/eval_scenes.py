@@ -55,6 +55,7 @@ class QuerySet:
     gt_crops: np.ndarray  # one crop per query, cut at its ground-truth box
     det_crops: np.ndarray  # every row that overlaps an object (IoU >= MATCH_IOU): what any row policy can match
     det_crop_of: dict[tuple[int, int], int]  # (scene, row) -> index into det_crops
+    det_jitter: np.ndarray | None  # per det_crops row its two jitter crops [n, 2, 3, H, W] (Runner.jitter_crops; None: not used)
     detector: dict  # detection_metrics over the scenes
     thumbs: list[Image.Image]  # the first scenes, for examples.png
     gt_kp: list  # per query: rerank.query_keypoints of its scene at its ground-truth box
@@ -123,7 +124,7 @@ def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: in
     bgs = Backgrounds(sources.eval_backgrounds)
     queries: list[Query] = []
     scenes: list[SceneRows] = []
-    gt_crops, det_crops, det_crop_of, gt_kp, det_kp = [], [], {}, [], []
+    gt_crops, det_crops, det_crop_of, gt_kp, det_kp, det_jitter = [], [], {}, [], [], []
     det_boxes_all, det_scores_all, gt_all, thumbs = [], [], [], []
     cutter = dataset.CropCutter()
     for i in tqdm(range(n_scenes), desc="query scenes", unit="scene"):
@@ -141,6 +142,8 @@ def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: in
             rows = [int(r) for r in np.where(imaging.box_iou(sc.boxes, gt).max(1) >= MATCH_IOU)[0]]
             det_crop_of.update({(i, r): len(det_crops) + k for k, r in enumerate(rows)})
             det_crops += list(runner.crops(out, rows)) if rows else []
+            jitter = runner.jitter_crops(out, rows) if rows else None
+            det_jitter += list(jitter) if jitter is not None else []
             gt_kp += [rerank.query_keypoints(scene.image, b) for b in gt]
             whole = len(sc.scores) - 1
             det_kp += [rerank.query_keypoints(scene.image, None if r == whole else sc.boxes[r]) for r in rows]
@@ -152,7 +155,7 @@ def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: in
             thumbs.append(scene.image)
     empty = np.zeros((0, 3, spec.CROP_SIZE, spec.CROP_SIZE), np.uint8)
     return QuerySet(queries, scenes, np.concatenate(gt_crops), np.stack(det_crops) if det_crops else empty, det_crop_of,
-                    detection_metrics(det_boxes_all, det_scores_all, gt_all), thumbs, gt_kp, det_kp)
+                    np.stack(det_jitter) if det_jitter else None, detection_metrics(det_boxes_all, det_scores_all, gt_all), thumbs, gt_kp, det_kp)
 
 
 TRANSFORM_BINS = {

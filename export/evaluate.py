@@ -50,9 +50,12 @@ class Runner:
     """The served ONNX files chained in process (export.pipeline), and the off-the-shelf backbone.
     ``pad`` > 0 measures a crop graph that pads detection boxes (the served one does not): see ``crops``.
     ``flip`` measures a ``features`` model that averages each crop's pooled vector with its mirror image's (the
-    served one does not): see ``describe``."""
+    served one does not): see ``describe``. ``jitter`` (the served search side) describes the query crops at
+    detected boxes as the ``retrieval`` ensemble does, through ``query_features`` with each row's jitter crops;
+    without it (``--no-query-jitter``), as ``retrieval_catalog`` does. Catalog images are always described as
+    ``retrieval_catalog`` does (client.catalog)."""
 
-    def __init__(self, repo: Path, backbone: Path, pad: float = 0.0, flip: bool = False):
+    def __init__(self, repo: Path, backbone: Path, pad: float = 0.0, flip: bool = False, jitter: bool = True):
         try:
             self.pipeline = Pipeline(repo, every_row=True)  # every detection row: the row policies are measured here
         except FileNotFoundError as exc:
@@ -60,6 +63,7 @@ class Runner:
         self.baseline = dataset.BackboneRunner(backbone)
         self.pad = pad
         self.flip = flip
+        self.jitter = jitter and not pad  # padded boxes are measured with the plain features (one crop per row)
         self.cutter = dataset.CropCutter() if pad else None
 
     def crops(self, out: dict[str, np.ndarray], rows: list[int]) -> np.ndarray:
@@ -77,6 +81,14 @@ class Runner:
             crops[det] = self.cutter(out[spec.CROP_SOURCE.name], size, np.clip(grown, 0, limits).astype(np.float32))
         return crops
 
+    def jitter_crops(self, out: dict[str, np.ndarray], rows: list[int]) -> np.ndarray | None:
+        """The jitter crops of ``rows`` ([n, 2, 3, H, W]: shrunk, grown; spec.JITTER_CROPS), or None when the
+        queries are described without them."""
+        if not self.jitter:
+            return None
+        jc, n = out[spec.JITTER_CROPS.name], len(out[spec.CROPS.name])
+        return np.stack([jc[rows], jc[[n + r for r in rows]]], 1)
+
     def detect(self, image: Image.Image) -> dict[str, np.ndarray]:
         """One image through preprocess, detector and crop: every tensor of those steps, by spec name."""
         letterboxed = dict(zip((t.name for t in spec.PREPROCESS.outputs), imaging.letterbox(image)))
@@ -91,16 +103,22 @@ class Runner:
             out.append(self.pipeline.run({spec.IMAGE_BYTES.name: data}, steps=(spec.PREPROCESS, spec.WHOLE_CROP))[spec.CROPS.name][0])
         return out
 
-    def describe(self, crops: np.ndarray, batch: int = 32, baseline: bool = True) -> dict[str, np.ndarray]:
+    def describe(self, crops: np.ndarray, batch: int = 32, baseline: bool = True, jitter: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Classifier and embedder outputs of every crop (by spec name), and under ``BASELINE`` the
-        off-the-shelf backbone's L2-normalised pooled vector (unless ``baseline`` is False)."""
+        off-the-shelf backbone's L2-normalised pooled vector (unless ``baseline`` is False). With ``jitter``
+        (``jitter_crops``: [n, 2, 3, H, W]) the features come from ``query_features``, as the search ensemble's."""
         names = [t.name for t in (*spec.CLASSIFIER.outputs, *spec.EMBEDDER.outputs) if t != spec.EMBEDDER_ID]
         out: dict[str, list] = {n: [] for n in names}
         for i in tqdm(range(0, len(crops), batch), desc="classify+embed", unit="batch", leave=False):
             feed = {spec.CROPS.name: crops[i:i + batch]}
-            feed |= self.pipeline.step(spec.BACKBONE.name, feed)
+            step = spec.BACKBONE.name
+            if jitter is not None:
+                j = jitter[i:i + batch]
+                step, feed[spec.JITTER_CROPS.name] = spec.QUERY_FEATURES.name, np.concatenate([j[:, 0], j[:, 1]])
+            feed |= self.pipeline.step(step, feed)
             if self.flip:  # the mean of the crop's and its mirror image's pooled vectors, for both heads
-                mirrored = self.pipeline.step(spec.BACKBONE.name, {spec.CROPS.name: np.ascontiguousarray(feed[spec.CROPS.name][..., ::-1])})
+                flip_feed = {k: np.ascontiguousarray(v[..., ::-1]) for k, v in feed.items() if k in (spec.CROPS.name, spec.JITTER_CROPS.name)}
+                mirrored = self.pipeline.step(step, flip_feed)
                 feed |= {k: (feed[k] + v) / 2 for k, v in mirrored.items()}
             got = self.pipeline.step(spec.CLASSIFIER.name, feed) | self.pipeline.step(spec.EMBEDDER.name, feed)
             for n in names:
@@ -377,7 +395,8 @@ def evaluate(args) -> dict:
     t0 = time.time()
     setup = load_setup(args)
     sources = setup.sources
-    runner = Runner(args.repository, args.build_dir / "backbone.onnx", pad=args.pad_boxes, flip=args.flip_features)
+    runner = Runner(args.repository, args.build_dir / "backbone.onnx", pad=args.pad_boxes, flip=args.flip_features,
+                    jitter=not args.no_query_jitter)
     timings = {}
     items = gallery_items(sources, args.distractors, args.seed)
     t = time.time()
@@ -389,7 +408,7 @@ def evaluate(args) -> dict:
     timings["scenes_s"] = round(time.time() - t, 1)
     t = time.time()
     gt = runner.describe(qs.gt_crops)
-    det = runner.describe(qs.det_crops) if len(qs.det_crops) else None
+    det = runner.describe(qs.det_crops, jitter=qs.det_jitter) if len(qs.det_crops) else None
     timings["query_crops_s"] = round(time.time() - t, 1)
     queries = qs.queries
     selections = {"detected": select(qs, lambda sc: select_rows(sc.outputs())),  # what client.search reports
@@ -417,7 +436,7 @@ def evaluate(args) -> dict:
                   "gallery": len(items), "distractors": sum(it.kind == "distractor" for it in items),
                   "query_scenes": args.scenes, "query_objects": len(queries),
                   "eval_background_photos": len(sources.eval_backgrounds), "categories": len(set(setup.merge_map.values())),
-                  "score_threshold": spec.SCORE_THRESHOLD, "colour_weight": spec.COLOUR_WEIGHT, "pad_boxes": args.pad_boxes, "flip_features": args.flip_features, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
+                  "score_threshold": spec.SCORE_THRESHOLD, "colour_weight": spec.COLOUR_WEIGHT, "pad_boxes": args.pad_boxes, "flip_features": args.flip_features, "query_box_jitter": spec.QUERY_BOX_JITTER if runner.jitter else 0.0, "catalog_whole_image": CATALOG_WHOLE_IMAGE,
                   "catalog_synthetic_views": list(CATALOG_VIEWS), "catalog_points": int(len(d.gallery[GROUP])),
                   "catalog_images_without_valid_detection": len(items) - int(np.sum((full[VIEW] == 1) & ~full[SYNTHETIC]))},
         "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4), "detector_misses": misses,
@@ -496,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                     "share of their width and height per side (query rows and catalog detections; the served graph: 0)")
     ap.add_argument("--flip-features", action="store_true", help="measure a features model that averages each crop's "
                     "pooled vector with its mirror image's (NOT the served graph)")
+    ap.add_argument("--no-query-jitter", action="store_true", help="describe the query crops at detected boxes without the "
+                    "search ensemble's box jitter (as the retrieval_catalog ensemble would: one crop per row)")
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "eval")
     args = ap.parse_args(argv)
     evaluate(args)

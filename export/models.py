@@ -555,6 +555,23 @@ class Features(nn.Module):
         return self.backbone.pooled(crops)
 
 
+class QueryFeatures(nn.Module):
+    """The served ``query_features`` model: each row's crop and its two jitter crops (spec.JITTER_CROPS: the N
+    shrunk rows, then the N grown ones) -> the mean of their pooled vectors, in one backbone batch. Written as
+    a + ((b - a) + (c - a)) / 3, so a row whose jitter crops are its own crop (the whole image) keeps its vector
+    bit for bit."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, crops: torch.Tensor, jitter_crops: torch.Tensor) -> torch.Tensor:
+        n = crops.shape[0]
+        pooled = self.backbone.pooled(torch.cat([crops, jitter_crops]))
+        a, b, c = pooled[:n], pooled[n:2 * n], pooled[2 * n:]
+        return a + ((b - a) + (c - a)) / 3
+
+
 class ClassifierHead(nn.Module):
     """The served ``classifier``: pooled vectors -> (fine index, category index, category score), the
     classifier's own head and merge (``Classifier.forward`` minus its backbone)."""

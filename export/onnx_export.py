@@ -44,13 +44,14 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def export_torch(module: torch.nn.Module, model: spec.ModelSpec, path: Path, example: torch.Tensor | tuple[torch.Tensor, ...],
-                 output_names: list[str] | None = None) -> onnx.ModelProto:
-    """``example``: one tensor per input of ``model`` (a tuple when it has several), in the spec's order."""
+                 output_names: list[str] | None = None, batch_names: dict[str, str] | None = None) -> onnx.ModelProto:
+    """``example``: one tensor per input of ``model`` (a tuple when it has several), in the spec's order.
+    ``batch_names``: the leading axis's symbolic name of a tensor whose batch is not the others' ("batch")."""
     module.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     names = output_names or [t.name for t in model.outputs]
     # every trained model's only dynamic axis is the leading batch axis
-    axes = {n: {0: "batch"} for n in (*[t.name for t in model.inputs], *names)}
+    axes = {n: {0: (batch_names or {}).get(n, "batch")} for n in (*[t.name for t in model.inputs], *names)}
     torch.onnx.export(module, example if isinstance(example, tuple) else (example,), str(path), input_names=[t.name for t in model.inputs], output_names=names,
                       dynamic_axes=axes, opset_version=spec.ONNX_OPSET, dynamo=False)
     return onnx.load(str(path))

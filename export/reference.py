@@ -61,6 +61,9 @@ MEANINGS = {
                   f"times √{1 - spec.COLOUR_WEIGHT:g}), the last {spec.COLOUR_DIM} a centre-weighted HSV colour histogram of the crop "
                   f"(square roots of its shares, times √{spec.COLOUR_WEIGHT:g}): a dot product is {1 - spec.COLOUR_WEIGHT:g} × the "
                   f"shape cosine + {spec.COLOUR_WEIGHT:g} × the colour histograms' overlap. "
+                  f"Each detection row's backbone vector is the mean over its crop and its box moved in and out by "
+                  f"{spec.QUERY_BOX_JITTER:g} of its sides (the search side; `{spec.CATALOG_ENSEMBLE}` gives the same outputs "
+                  "from the crop alone, for indexing catalog images). "
                   "The last row's is always the whole-image embedding, whether that row is valid or not.",
     "embedder_id": f"Identity of the served embedder weights, `v{spec.EMBEDDER_VERSION}-<hash>`. Embeddings are "
                    f"comparable only between equal ids (the catalog's vectors live in `{spec.collection_name()}`).",
@@ -221,9 +224,16 @@ def render() -> str:
         "",
         f"`{e}` runs these models in order (all in `model_repository/`, configs generated from the same spec); "
         f"`-1` is a batch dimension inside the pipeline: the rows of one image, 1 to {spec.NUM_ROWS}. The backbone "
-        "(`features`) runs once per row for both heads.",
+        f"(`{spec.QUERY_FEATURES.name}`) runs on each row's crop and its two jitter crops, and its mean vector feeds both heads.",
         "",
         *_steps_table(),
+        "",
+        f"## The `{spec.CATALOG_ENSEMBLE}` ensemble",
+        "",
+        f"The same input and outputs as `{e}`, with the plain `{spec.BACKBONE.name}` step in place of "
+        f"`{spec.QUERY_FEATURES.name}` (the backbone once per row, no box jitter): steps "
+        + ", ".join(f"`{m.name}`" for m in spec.CATALOG_STEPS) + ". Index catalog images with it (a catalog image's "
+        "box is already tight); search with `" + e + "`. Requests and errors as above.",
         "",
         f"## The `{spec.WHOLE_IMAGE}` ensemble",
         "",

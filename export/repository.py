@@ -30,9 +30,9 @@ CONTRACT_MODULES = ("spec.py", "imaging.py")  # pure: numpy, Pillow and each oth
 # GPU with the native onnxruntime backend (CUDA execution provider, TensorRT for the networks); the Python
 # preprocess stays on the CPU. Not run here (no GPU): tests check these files against the same spec.
 CPU_THREADS = 1
-CPU_INSTANCES = {"detector": 2, "features": 2}  # the rest: 1
+CPU_INSTANCES = {"detector": 2, "features": 2, "query_features": 2}  # the rest: 1
 GPU_CONFIG = "gpu"
-TENSORRT_FP16 = ("detector", "features")  # the two EfficientNet-Lite0 passes: nearly all of the compute
+TENSORRT_FP16 = ("detector", "features", "query_features")  # the EfficientNet-Lite0 passes: nearly all of the compute
 TENSORRT_FP32 = ("classifier", "embedder")  # small heads: FP32 (the embedding's cosine thresholds are calibrated in FP32)
 
 

@@ -99,3 +99,34 @@ def test_the_whole_crop_graph_cuts_the_crop_graphs_last_row(crop):
     whole, = _session(build_whole_crop_model()).run(None, {"crop_source": feed["crop_source"], "image_size": feed["image_size"]})
     assert whole.shape == (1, 3, spec.CROP_SIZE, spec.CROP_SIZE)
     np.testing.assert_array_equal(whole[0], _run(crop, feed)["crops"][-1])
+
+
+def test_jitter_crops_are_each_row_cut_at_its_box_shrunk_then_grown(every_row):
+    """spec.JITTER_CROPS: the N rows cut at their boxes moved in by QUERY_BOX_JITTER of their sides, then the N
+    moved out, clipped to the image; the whole-image row's two are its own crop."""
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    box = np.array([0.2, 0.1, 0.5, 0.4], np.float32)
+    run = lambda boxes: dict(zip(["crops", "boxes", "scores", "valid", "jitter_crops"],  # noqa: E731
+                                 every_row.run(None, _feed(img, boxes, [0.9] * len(boxes)))))
+    out = run([box, [0.0, 0.0, 1.0, 0.9]])  # the second box grows past the image's bottom edge (0.75 of the square)
+    n = len(out["crops"])
+    assert n == spec.NUM_ROWS and out["jitter_crops"].shape == (2 * n, 3, spec.CROP_SIZE, spec.CROP_SIZE)
+    j, d = spec.QUERY_BOX_JITTER, np.concatenate([box[2:] - box[:2]] * 2)
+    shrunk, grown = box + d * [j, j, -j, -j], box - d * [j, j, -j, -j]
+    np.testing.assert_array_equal(out["jitter_crops"][0], run([shrunk])["crops"][0])
+    np.testing.assert_array_equal(out["jitter_crops"][n], run([grown])["crops"][0])
+    limits = [0.0, 0.0, 1.0, 0.75]  # 640 x 480 in its 640-px square
+    far = np.array([0.0, 0.0, 1.0, 0.9], np.float32)
+    np.testing.assert_array_equal(out["jitter_crops"][n + 1], run([np.clip(far - np.concatenate([far[2:] - far[:2]] * 2) * [j, j, -j, -j],
+                                                                           0, limits)])["crops"][0])
+    for k in (n - 1, 2 * n - 1):
+        np.testing.assert_array_equal(out["jitter_crops"][k], out["crops"][-1])
+    assert not np.array_equal(out["jitter_crops"][0], out["crops"][0])
+
+
+def test_the_served_crop_graph_cuts_jitter_crops_for_its_selected_rows_only(crop):
+    img = Image.new("RGB", (800, 400), "white")
+    out = dict(zip(["crops", "boxes", "scores", "valid", "jitter_crops"],
+                   crop.run(None, _feed(img, [[0, 0, 0.25, 0.25], [0.5, 0, 0.75, 0.25]], [0.9, 0.05]))))
+    assert len(out["crops"]) == 2 and len(out["jitter_crops"]) == 4  # the weak row dropped; the whole image kept

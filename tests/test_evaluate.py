@@ -1,6 +1,7 @@
 """export.evaluate end to end on a small run (the full benchmark is not a test: see the README)."""
 import json
 
+from client import spec
 from export import evaluate
 
 
@@ -13,6 +14,7 @@ def test_evaluate_small_run_writes_consistent_report(built, tmp_path):
     s = m["setup"]
     assert s["distractors"] == 40 and s["gallery"] >= 40 + s["held_out_products"]
     assert s["query_objects"] >= 8
+    assert s["query_box_jitter"] == spec.QUERY_BOX_JITTER  # detected query crops described as the search ensemble does
     for by_filter in m["retrieval"].values():
         for by_boxes in by_filter.values():
             for r in by_boxes.values():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from client import spec
 from client.catalog import CATALOG_VIEWS, index_folder
 from client.store import CatalogPoint, QdrantStore
 from client.triton import RetrievalClient, ServerUnavailable, backoff_delays, retryable
@@ -40,13 +41,15 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
 
 
 def successes(metrics_port: int) -> int:
-    """Requests the ensemble answered, from Triton's Prometheus metrics."""
+    """Requests the two object ensembles answered (``retrieval`` for searches, ``retrieval_catalog`` for the
+    index), from Triton's Prometheus metrics."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     except OSError:
         return -1
-    m = re.search(r'^nv_inference_request_success\{model="retrieval",version="1"\} (\d+)', text, re.M)
-    return int(m.group(1)) if m else 0
+    counts = [re.search(rf'^nv_inference_request_success\{{model="{m}",version="1"\}} (\d+)', text, re.M)
+              for m in (spec.ENSEMBLE, spec.CATALOG_ENSEMBLE)]
+    return sum(int(m.group(1)) for m in counts if m)
 
 
 def stored(path: Path) -> dict[str, tuple]:

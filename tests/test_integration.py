@@ -171,6 +171,26 @@ def test_ensemble_equals_running_the_onnx_files_directly(client, built, demo):
     assert got.objects and not any(o.whole_image for o in got.objects)
 
 
+def test_the_catalog_ensemble_is_the_search_ensemble_without_box_jitter(client, built, demo):
+    """client.catalog indexes through retrieval_catalog (features of each row's own crop); searches go through
+    retrieval (each detection row's features averaged over its jitter crops). The same boxes, rows and
+    whole-image row (bit for bit, so dedup is unchanged); the detection rows' embeddings differ."""
+    from client.result import ImageResult
+    from export.pipeline import Pipeline
+
+    data = (demo / "queries" / "scene_1.jpg").read_bytes()
+    pipeline = Pipeline(built)
+    search, catalog = client.infer(data, "scene_1.jpg"), client.infer_catalog(data, "scene_1.jpg")
+    want = ImageResult.from_outputs(pipeline.outputs(data, spec.CATALOG_ENSEMBLE))
+    np.testing.assert_allclose([o.embedding for o in catalog.objects], [o.embedding for o in want.objects], atol=1e-5)
+    np.testing.assert_allclose([o.box for o in search.objects], [o.box for o in catalog.objects], atol=1e-3)
+    np.testing.assert_array_equal(search.image_embedding, catalog.image_embedding)
+    moved = [float(np.dot(a.embedding, b.embedding)) for a, b in zip(search.objects, catalog.objects) if not a.whole_image]
+    assert moved and all(0.8 < m < 1 - 1e-6 for m in moved), moved  # near, not equal: the jitter changes each detection row
+    described = describe(client, data, "scene_1.jpg", with_views=False)
+    np.testing.assert_allclose([o.embedding for o in described.result.objects], [o.embedding for o in catalog.objects], atol=1e-6)
+
+
 def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 

@@ -70,7 +70,7 @@ def test_check_reports_a_hand_edited_config(tmp_path):
 
 def test_gpu_profile_puts_the_networks_on_the_gpu_with_the_same_tensors():
     """configs/gpu.pbtxt (tritonserver --model-config-name=gpu): same names, dtypes and shapes as config.pbtxt,
-    ONNX models on KIND_GPU with the onnxruntime backend, TensorRT FP16 only for the two backbone passes,
+    ONNX models on KIND_GPU with the onnxruntime backend, TensorRT FP16 only for the backbone passes,
     the Python preprocess on the CPU."""
     from tritonclient.grpc import model_config_pb2 as mc
 
@@ -84,7 +84,7 @@ def test_gpu_profile_puts_the_networks_on_the_gpu_with_the_same_tensors():
             continue
         assert kinds == {mc.ModelInstanceGroup.KIND_GPU} and gpu.backend == "onnxruntime"
         assert "intra_op_thread_count" not in gpu.parameters  # CPU threading does not apply
-        if m.name in (spec.DETECTOR.name, spec.BACKBONE.name):
+        if m.name in (spec.DETECTOR.name, spec.BACKBONE.name, spec.QUERY_FEATURES.name):
             assert accel["tensorrt"]["precision_mode"] == "FP16"
         elif m.name in (spec.CLASSIFIER.name, spec.EMBEDDER.name):
             assert accel["tensorrt"]["precision_mode"] == "FP32"
