@@ -1,6 +1,7 @@
 """python -m client.index DIR [--category-from-folders]: index a catalog folder into Qdrant.
 
-A product's id is the file name without extension. Each image goes through the Triton ensemble and
+A product's id is the file name without extension. Each image goes through the ``retrieval_catalog`` ensemble (the
+search ensemble without its box jitter: client.catalog.describe) and
 stores what client.catalog.catalog_rows chooses (its best detection, or the whole image if none, plus
 the whole-image embedding), then the whole-image embeddings of its synthetic views (turned +-15 degrees,
 darker, small: client.catalog.CATALOG_VIEWS, through the ``whole_image`` ensemble), all with its merged
