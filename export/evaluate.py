@@ -512,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-per-class", type=int, help="drawn products per class (default: as in training); "
                     "use the same value to compare models trained with different counts on one held-out set")
     ap.add_argument("--pad-boxes", type=float, default=0.0, help="measure a crop graph that pads detection boxes by this "
-                    "share of their width and height per side (query rows and catalog detections; the served graph: 0)")
+                    "share of their width and height per side (query rows and catalog detections; the served graph: 0; measured "
+                    "without the query side's box jitter)")
     ap.add_argument("--flip-features", action="store_true", help="measure a features model that averages each crop's "
                     "pooled vector with its mirror image's (NOT the served graph)")
     ap.add_argument("--no-query-jitter", action="store_true", help="describe the query crops at detected boxes without the "
