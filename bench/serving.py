@@ -79,7 +79,10 @@ def _variant_threads1(name, cfg) -> None:
 
 def _variant_batched(name, cfg) -> None:
     """threads1, and the backbone (``features``) batched dynamically: the rows of concurrent requests run
-    as one batch (the embedder cannot be: its ``embedder_id`` output has no batch dimension)."""
+    as one batch (the embedder cannot be: its ``embedder_id`` output has no batch dimension). Since the search
+    side's box jitter the ``retrieval`` ensemble that perf_analyzer loads runs ``query_features`` instead (two
+    inputs of N and 2N rows: not batched here), so for it this variant measures what ``threads1`` does; ``features``
+    still serves ``retrieval_catalog`` and ``whole_image``."""
     _variant_threads1(name, cfg)
     if name == spec.BACKBONE.name:
         cfg.max_batch_size = 4 * spec.NUM_ROWS

@@ -21,7 +21,7 @@ The crop step passes on only the rows a caller reports (the row policy below): e
 SCORE_THRESHOLD (``valid``), then at most EXTRA_OBJECTS weaker ones scoring >= EXTRA_MIN_SCORE, none
 overlapping a better one by IoU > MAX_OVERLAP, in score order; then always the whole image, last. So
 every per-object output has N rows, 1 <= N <= MAX_OBJECTS + 1, and the backbone (one shared pass for
-the classifier and the embedder) runs on those rows only. The whole-image row is ``valid`` only when
+the classifier and the embedder) runs on those rows only (in ``retrieval``, on each row's three crops). The whole-image row is ``valid`` only when
 no detection is, so a caller that keeps the valid rows always gets at least one object.
 
 ``retrieval`` is the search side. Its crop step also cuts each detection row at its box shrunk and grown by
@@ -30,7 +30,8 @@ the mean of the three crops' pooled vectors: a detected box is seldom exact, and
 one crop (measured in the README, "Box jitter on the query side"). ``retrieval_catalog`` is the same chain with
 the plain ``features`` step (one crop per row): client.catalog indexes with it, because a catalog image's box is
 tight (one product on white) and jitter there loses. The whole-image row's jitter crops are its own crop, so its
-features are the plain ones in both.
+features are the plain ones in both (bit for bit on the CPU; a GPU's engines for the two steps may differ in the
+last bits).
 
 A third ensemble, ``whole_image`` (preprocess -> whole_crop -> features -> embedder), gives the
 whole-image embedding alone (the last row of ``retrieval``'s and ``retrieval_catalog``'s, bit for bit) without

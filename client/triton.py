@@ -124,7 +124,7 @@ class RetrievalClient:
         self.dim = int(outputs["embeddings"]["dims"][-1])
         self.output_names = wanted
         self._embedder_id: str | None = None
-        self._catalog_ready: bool | None = None  # infer_catalog asks the server once
+        self.catalog_model = spec.CATALOG_ENSEMBLE  # what infer_catalog calls
 
     def close(self) -> None:
         self._client.close()
@@ -144,14 +144,20 @@ class RetrievalClient:
         return self.call(self.model, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
 
     def infer_catalog(self, data: bytes, name: str = "<bytes>") -> ImageResult:
-        """``infer`` for a catalog image: the ``retrieval_catalog`` ensemble, the same outputs with each row's
-        features from its own crop (no box jitter: a catalog box is tight). What client.catalog indexes."""
-        if self._catalog_ready is None:
-            self._catalog_ready = self.models_ready([spec.CATALOG_ENSEMBLE])
-        if not self._catalog_ready:
-            raise ModelNotReady(f"model {spec.CATALOG_ENSEMBLE!r} is not ready on {self.url}; the server's model repository "
-                                "predates it: run `python -m export.build` (or `python -m export.repository`) and restart it")
-        out = self.call(spec.CATALOG_ENSEMBLE, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
+        """``infer`` for a catalog image: the ``retrieval_catalog`` ensemble (``catalog_model``), the same outputs
+        with each row's features from its own crop (no box jitter: a catalog box is tight). What client.catalog
+        indexes. Retried like any call; a server that does not serve that ensemble at all (NOT_FOUND "is not
+        found", not a restart's "has no available versions") gives ModelNotReady with the fix."""
+        try:
+            out = self.call(self.catalog_model, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
+        except ModelNotReady:
+            raise
+        except TritonError as exc:
+            if "unknown model" in str(exc) and "is not found" in str(exc):
+                raise ModelNotReady(f"model {self.catalog_model!r} is not served by {self.url}: the server's model repository "
+                                    "predates it; run `python -m export.build` (or `python -m export.repository`) and restart "
+                                    "the server") from exc
+            raise
         return ImageResult.from_outputs(out)
 
     def whole_image_embedding(self, data: bytes, name: str = "<bytes>") -> np.ndarray:

@@ -498,6 +498,8 @@ def test_hpa_scales_triton_on_the_adapters_queue_time_metric(k8s, adapter_rule):
         "<<.LabelMatchers>>", 'namespace="imgretrieval",pod=~"triton-.*"')
     selectors = promql_selectors(query)
     assert {s.name for s in selectors} == {"nv_inference_queue_duration_us", "nv_inference_request_success"}
+    (served,) = [s for s in selectors if s.name == "nv_inference_request_success"]
+    assert set(matchers(served)["model"].split("|")) == {spec.ENSEMBLE, spec.CATALOG_ENSEMBLE}  # searches and catalog images
     series = promql_selectors(adapter_rule["seriesQuery"])[0]
     assert set(adapter_rule["resources"]["overrides"]) == {"namespace", "pod"} <= set(matchers(series))
     assert matchers(series)["model"] == spec.ENSEMBLE
@@ -599,7 +601,8 @@ def test_dashboard_promql_names_only_known_metrics(dashboard, prometheus, compos
             assert sel.name in KNOWN_METRICS, f"panel {panel['title']!r}: unknown metric {sel.name}"
             labels = matchers(sel)
             assert labels.get("job") in jobs, f"panel {panel['title']!r}: {sel.name} without a known job"
-            assert labels.get("model", spec.ENSEMBLE) in models, f"panel {panel['title']!r}: model {labels['model']}"
+            # a regex matcher (model=~"retrieval|retrieval_catalog") names only served models too
+            assert set(labels.get("model", spec.ENSEMBLE).split("|")) <= models, f"panel {panel['title']!r}: model {labels['model']}"
             used.add(sel.name)
     assert {"nv_inference_request_success", "nv_inference_request_failure", "nv_inference_request_summary_us",
             "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us", "nv_gpu_utilization",

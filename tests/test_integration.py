@@ -16,7 +16,7 @@ from client import imaging, rerank, spec
 from client.catalog import CATALOG_VIEWS, CATALOG_WHOLE_IMAGE, describe, index_folder
 from client.search import EXTRA_OBJECTS, search_image, select_objects
 from client.store import QdrantStore
-from client.triton import BadImage, RetrievalClient, ServerUnavailable
+from client.triton import BadImage, ModelNotReady, RetrievalClient, ServerUnavailable
 from deploy.check_demo import box_iou
 from deploy.local import free_port
 
@@ -189,6 +189,13 @@ def test_the_catalog_ensemble_is_the_search_ensemble_without_box_jitter(client, 
     assert moved and all(0.8 < m < 1 - 1e-6 for m in moved), moved  # near, not equal: the jitter changes each detection row
     described = describe(client, data, "scene_1.jpg", with_views=False)
     np.testing.assert_allclose([o.embedding for o in described.result.objects], [o.embedding for o in catalog.objects], atol=1e-6)
+
+
+def test_a_server_without_the_catalog_ensemble_says_how_to_fix_it(triton, demo):
+    with RetrievalClient(triton.grpc_url, retry_seconds=0) as c:
+        c.catalog_model = "retrieval_catalog_missing"  # as on a server whose repository predates the ensemble
+        with pytest.raises(ModelNotReady, match="predates it; run `python -m export.build`"):
+            c.infer_catalog((demo / "queries" / "scene_1.jpg").read_bytes(), "scene_1.jpg")
 
 
 def _text(v) -> str:

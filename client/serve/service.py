@@ -162,10 +162,10 @@ class Service:
         triton: dict = {"url": self.settings.triton_url or os.environ.get("TRITON_URL", spec.DEFAULT_TRITON_URL)}
         try:
             c = self.client()
-            triton["ready"] = c.models_ready([c.model])
+            triton["ready"] = c.models_ready([c.model, c.catalog_model])  # searches, and uploads to the catalog
             triton["url"] = c.url
             if not triton["ready"]:
-                triton["detail"] = f"model {c.model!r} is not ready"
+                triton["detail"] = f"model {c.model!r} or {c.catalog_model!r} is not ready"
         except ServiceError as exc:
             triton.update(ready=False, detail=exc.detail)
         store: dict = {"where": self.raw_store.where, "collection": self.raw_store.collection}
