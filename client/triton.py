@@ -139,9 +139,10 @@ class RetrievalClient:
         """One encoded image -> its objects (BadImage when the server cannot read it)."""
         return ImageResult.from_outputs(self.outputs(data, name))
 
-    def outputs(self, data: bytes, name: str = "<bytes>") -> dict[str, np.ndarray]:
-        """The ensemble's raw outputs for one encoded image, every row, by tensor name."""
-        return self.call(self.model, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
+    def outputs(self, data: bytes, name: str = "<bytes>", model: str | None = None) -> dict[str, np.ndarray]:
+        """The ensemble's raw outputs for one encoded image, every row, by tensor name (``model``: another ensemble
+        of the same inputs and outputs, e.g. ``catalog_model``)."""
+        return self.call(model or self.model, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
 
     def infer_catalog(self, data: bytes, name: str = "<bytes>") -> ImageResult:
         """``infer`` for a catalog image: the ``retrieval_catalog`` ensemble (``catalog_model``), the same outputs
@@ -149,7 +150,7 @@ class RetrievalClient:
         indexes. Retried like any call; a server that does not serve that ensemble at all (NOT_FOUND "is not
         found", not a restart's "has no available versions") gives ModelNotReady with the fix."""
         try:
-            out = self.call(self.catalog_model, {self.input_name: np.array([data], dtype=object)}, self.output_names, name)
+            out = self.outputs(data, name, self.catalog_model)
         except ModelNotReady:
             raise
         except TritonError as exc:

@@ -49,19 +49,21 @@ def _whole_box_nodes() -> tuple[list, list]:
     return inits, nodes
 
 
+SOURCE_F = helper.make_node("Cast", ["crop_source"], ["src_f"], to=TensorProto.FLOAT)  # once per graph, read by every cut
+
+
 def _cut_nodes(rows_norm: str, out: str, prefix: str = "") -> tuple[list, list]:
-    """Crops of the rows ``rows_norm`` [N, 4] (normalised to the padded square) from ``crop_source``;
-    ``prefix`` names the intermediate tensors, so one graph can cut twice."""
+    """Crops of the rows ``rows_norm`` [N, 4] (normalised to the padded square) from ``src_f`` (the crop source
+    as floats: SOURCE_F); ``prefix`` names the intermediate tensors, so one graph can cut twice."""
     inits = [_const("src_side", float(spec.CROP_SOURCE_SIZE)), _const("u8_min", 0.0), _const("u8_max", 255.0),
              _const("first_dim", [0], np.int64), _const("one_dim", [1], np.int64)]
     n = lambda name: prefix + name  # noqa: E731
     nodes = [
-        helper.make_node("Cast", ["crop_source"], [n("src_f")], to=TensorProto.FLOAT),
         helper.make_node("Mul", [rows_norm, "src_side"], [n("rois")]),
         helper.make_node("Shape", [n("rois")], [n("rois_shape")]),
         helper.make_node("Slice", [n("rois_shape"), "first_dim", "one_dim"], [n("n_rows")]),
         helper.make_node("ConstantOfShape", [n("n_rows")], [n("batch_idx")], value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
-        helper.make_node("RoiAlign", [n("src_f"), n("rois"), n("batch_idx")], [n("crops_f")], mode="avg",
+        helper.make_node("RoiAlign", ["src_f", n("rois"), n("batch_idx")], [n("crops_f")], mode="avg",
                          output_height=spec.CROP_SIZE, output_width=spec.CROP_SIZE, sampling_ratio=2,
                          spatial_scale=1.0, coordinate_transformation_mode="half_pixel"),
         helper.make_node("Round", [n("crops_f")], [n("crops_r")]),
@@ -157,7 +159,7 @@ def build_crop_model(*, every_row: bool = False) -> onnx.ModelProto:
         n2.append(helper.make_node("Concat", ["w_rel1", "h_rel1", "w_rel1", "h_rel1"], ["rel_limits"], axis=0))
     i4, n4 = _jitter_nodes()
     inits += i4
-    nodes += n2 + [helper.make_node("Concat", ["sel_boxes", "whole_box"], ["rows_norm"], axis=0)] + n3 + n4 + [
+    nodes += n2 + [helper.make_node("Concat", ["sel_boxes", "whole_box"], ["rows_norm"], axis=0), SOURCE_F] + n3 + n4 + [
         # boxes in original pixels, clipped to the image
         helper.make_node("Mul", ["rows_norm", "side"], ["boxes_raw"]),
         helper.make_node("Mul", ["rel_limits", "side"], ["px_limits"]),
@@ -181,4 +183,4 @@ def build_crop_model(*, every_row: bool = False) -> onnx.ModelProto:
 def build_whole_crop_model() -> onnx.ModelProto:
     inits, nodes = _whole_box_nodes()
     i2, n2 = _cut_nodes("whole_box", "crops")
-    return _model("whole_crop", nodes + n2, inits + i2, spec.WHOLE_CROP.inputs, spec.WHOLE_CROP.outputs)
+    return _model("whole_crop", nodes + [SOURCE_F] + n2, inits + i2, spec.WHOLE_CROP.inputs, spec.WHOLE_CROP.outputs)

@@ -409,7 +409,7 @@ class Classifier(nn.Module):
         for i, c in enumerate(fine_classes):
             m[i, self.categories.index(merge[c])] = 1.0
         self.register_buffer("merge_matrix", m)
-        if prototypes is not None and tuple(prototypes.shape) != (len(fine_classes), 1280):
+        if prototypes is not None and tuple(prototypes.shape) != (len(fine_classes), spec.FEATURE_DIM):
             raise ValueError(f"prototypes of shape {tuple(prototypes.shape)} for {len(fine_classes)} fine classes")
         self.register_buffer("prototypes", None if prototypes is None else prototypes.float().clone())
 
