@@ -7,7 +7,7 @@ back as a user's file, then the client's ``letterbox``. ``--set``: ``eval`` (exp
 held-out product), ``hard`` or ``pairs`` (bench.photo_search's settings, real cutouts only). Per variant: AP@0.5,
 recall / precision at the threshold, the products the client's rows (``client.search.select_rows``) box at
 IoU >= 0.5 and >= 0.7, objects per photo, boxes by object size, and the time. ``shipped`` and ``no-last-step``
-are checked against ``Detector.forward`` on the first photo. Prints one JSON line per variant (README, "A last
+are checked against ``Detector.forward`` on the first photo. Prints one JSON line per variant (docs/measurements.md, "A last
 refinement on the second scale"). A benchmark that prints numbers, not a test.
 
 Variants: shipped (flip test, second scale, refiner twice on each scale, the merged boxes refined once more on the

@@ -34,13 +34,13 @@ CATALOG_WHOLE_IMAGE = True
 # also stores the whole-image embeddings of itself turned by +-15 degrees and darkened (database-side
 # augmentation), more points of the same product (search groups by product). They go through the detector-free
 # ``whole_image`` ensemble (client-side transforms of the image, at most VIEW_SIDE px). Measured with
-# `python -m export.evaluate` (README, "Synthetic catalog views"), re-ranked R@1 with detected boxes, real photos
+# `python -m export.evaluate` (docs/measurements.md, "Synthetic catalog views"), re-ranked R@1 with detected boxes, real photos
 # in brackets: seed 1234 0.905 -> 0.902 (0.860 -> 0.856), seed 777 0.879 -> 0.884 (0.848 -> 0.860); cosine only
 # 0.860 -> 0.867 and 0.834 -> 0.851. Cost: 2.6x the points, and client.index 1.8x slower (three small inferences
 # per catalog image).
 # "small" (2026-12-05): the image shrunk to VIEW_SMALL px, as a product far from the camera is cropped from a photo;
 # its whole-image embedding is of the blurry upscale the crop graph makes of it. `python -m bench.photo_search`
-# (README, "A small catalog view"): hard check top-1 0.722 -> 0.733 and 0.656 -> 0.672 (seeds 4242 / 4343).
+# (docs/measurements.md, "A small catalog view"): hard check top-1 0.722 -> 0.733 and 0.656 -> 0.672 (seeds 4242 / 4343).
 VIEW_SIDE = 640
 VIEW_TURN = 15.0
 VIEW_DARKER = 0.65

@@ -27,7 +27,7 @@ no detection is, so a caller that keeps the valid rows always gets at least one 
 ``retrieval`` is the search side. Its crop step also cuts each detection row at its box shrunk and grown by
 QUERY_BOX_JITTER of its width and height on each side (``jitter_crops``), and ``query_features`` gives each row
 the mean of the three crops' pooled vectors: a detected box is seldom exact, and the mean is steadier than the
-one crop (measured in the README, "Box jitter on the query side"). ``retrieval_catalog`` is the same chain with
+one crop (measured in docs/measurements.md, "Box jitter on the query side"). ``retrieval_catalog`` is the same chain with
 the plain ``features`` step (one crop per row): client.catalog indexes with it, because a catalog image's box is
 tight (one product on white) and jitter there loses. The whole-image row's jitter crops are its own crop, so its
 features are the plain ones in both (bit for bit on the CPU; a GPU's engines for the two steps may differ in the
@@ -57,7 +57,7 @@ CNN_EMBED_DIM = 256  # the learned-whitening projection of the backbone's pooled
 COLOUR_HUE_BINS, COLOUR_SAT_BINS, COLOUR_VAL_BINS, COLOUR_GREY_BINS = 12, 2, 2, 4
 COLOUR_DIM = COLOUR_HUE_BINS * COLOUR_SAT_BINS * COLOUR_VAL_BINS + COLOUR_GREY_BINS
 # the colour part's share of the cosine similarity: fused = (1 - w) * CNN cosine + w * Bhattacharyya coefficient.
-# Chosen with export.evaluate's held-out products (see README, "What the embedding holds")
+# Chosen with export.evaluate's held-out products (see docs/measurements.md, "What the embedding holds")
 COLOUR_WEIGHT = 0.25
 EMBED_DIM = CNN_EMBED_DIM + COLOUR_DIM
 EMBEDDER_VERSION = 2  # Qdrant collection products_v<N>; bump when embeddings change meaning
@@ -75,7 +75,7 @@ FEATURE_DIM = 1280  # the shared backbone's pooled vector (EfficientNet-Lite0 he
 # box moved in and out by this share of its width and height on each side, and its features are the mean of the
 # three crops'. Set before measuring, then checked with `python -m export.evaluate`: it gains on seeds 1234 and 777,
 # and a sweep on seed 1234 (0.04 / 0.06 / 0.08 / 0.1 / 0.15) puts 0.06-0.15 within a few objects of each other
-# (README "Box jitter on the query side")
+# (docs/measurements.md "Box jitter on the query side")
 QUERY_BOX_JITTER = 0.06
 # search narrows to the object's category only when the mean of the classifier's category_score and the
 # category's share among the object's nearest catalog products reaches this (client/category.py; export.evaluate

@@ -225,12 +225,12 @@ class RefinerEnsemble(nn.Module):
 
 
 # The served detector averages its maps over the photo and its mirror image (one batch of 2: twice the
-# backbone's compute). Measured with export.evaluate (README, "Flip test for the detector").
+# backbone's compute). Measured with export.evaluate (docs/measurements.md, "Flip test for the detector").
 FLIP_TEST = True
 # ... and looks again at the photo at SECOND_SCALE px (0: off; (512/320)^2 = 2.6 more backbone passes):
 # its boxes join the candidates with their scores times SECOND_SCALE_WEIGHT, so they mostly fill the weak rows the
 # client reports as extra objects rather than pass the detector's threshold on their own (alone, that scale's scores
-# are less precise: precision 0.75 at the threshold against 0.85). README, "A second test scale" (416 px), and "A
+# are less precise: precision 0.75 at the threshold against 0.85). docs/measurements.md, "A second test scale" (416 px), and "A
 # larger second scale" (512 px: small products boxed more often, 1.23x the detector's time).
 SECOND_SCALE = 512
 SECOND_SCALE_WEIGHT = 0.35
@@ -241,14 +241,14 @@ SECOND_SCALE_WEIGHT = 0.35
 SECOND_FROM_SOURCE = True
 # The box refiner runs this many times on each box, each time on the box it moved (a cascade with one set of
 # weights: it is trained on boxes jittered by up to 15 % of their side, so a second look at an already better box
-# still helps). README, "Refining twice".
+# still helps). docs/measurements.md, "Refining twice".
 REFINE_STEPS = 2
 # ... and, after the two scales' boxes are merged, once more on the second scale's maps: there an object is 1.3x
 # larger against the backbone's strides, so the refiner's window over a box covers more feature cells. The same
 # weights, no new backbone pass. A moved box may then overlap another kept one by more than MERGE_IOU; the crop
-# graph's NonMaxSuppression (spec.MAX_OVERLAP) drops such repeats. README, "A last refinement on the second scale".
+# graph's NonMaxSuppression (spec.MAX_OVERLAP) drops such repeats. docs/measurements.md, "A last refinement on the second scale".
 MERGED_REFINE_STEPS = 1
-# The head and the refiner also read the backbone's stride-8 maps (README, "A stride-8 input for the detector").
+# The head and the refiner also read the backbone's stride-8 maps (docs/measurements.md, "A stride-8 input for the detector").
 STRIDE8 = False
 MERGE_IOU = 0.5  # a candidate overlapping a higher-scored kept one by more than this is the same object
 
@@ -366,7 +366,7 @@ class Detector(nn.Module):
 # to each fine class's prototype (the mean direction of its training crops), softmax at temperature PROTOTYPE_TAU,
 # weighted PROTOTYPE_WEIGHT. A linear head trained on a median of 2 products per real fine class fits those
 # products; the prototypes are where a new product of the class most likely lies. Chosen by the cross-validated
-# merged accuracy of the probes over tau 0.02-0.1 and weights 0.2-0.5 (README, "Prototypes in the classifier").
+# merged accuracy of the probes over tau 0.02-0.1 and weights 0.2-0.5 (docs/measurements.md, "Prototypes in the classifier").
 PROTOTYPE_TAU = 0.05
 PROTOTYPE_WEIGHT = 0.3
 
@@ -422,7 +422,7 @@ class Classifier(nn.Module):
         the crops' pooled vectors (required then). The category is the most likely fine class's, the criterion the merge optimised
         (merge.merge_by_confusion counts argmax predictions): the category with the largest summed probability
         favours categories of many fine classes, and was right less often on products the classifier never saw
-        (held-out crops 0.812 / 0.815 against 0.842 / 0.841; README, "The category of the most likely fine
+        (held-out crops 0.812 / 0.815 against 0.842 / 0.841; docs/measurements.md, "The category of the most likely fine
         class"). The score is that category's summed probability."""
         if self.prototypes is not None and pooled is None:
             raise ValueError("a classifier with prototypes decides from the pooled vectors too: decide(logits, pooled)")

@@ -280,7 +280,7 @@ def detector_scene(products: list[Product], backgrounds: Backgrounds, rng: np.ra
     but a photo of one object is often mostly that object); with probability ``plain_p`` on a plain background.
     With probability ``small_p`` the scene's objects are small instead (SMALL_RANGE): photographed products are
     often far off, and a detector that never saw an object under 0.22 of the side boxed held-out products of
-    0.12-0.15 half the time (README, "Small objects for the detector")."""
+    0.12-0.15 half the time (docs/measurements.md, "Small objects for the detector")."""
     n = int(rng.integers(1, 4))
     chosen = [products[int(i)] for i in rng.choice(len(products), size=min(n, len(products)), replace=False)]
     objects = [pseudo_object(backgrounds, rng) if rng.random() < pseudo_p else vary(p, rng) for p in chosen]

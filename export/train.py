@@ -26,24 +26,24 @@ class TrainConfig:
     # features of a cached scene are the same every epoch, so without it the head learns which channels
     # fire on the ~120 training cutouts. 0.2 took held-out R@1 0.729 -> 0.765 (real photos 0.716 -> 0.780)
     # and AP@0.5 0.896 -> 0.921 in export.evaluate, with a second seed too; 0.1 and 0.3 gained less
-    # (README, "Detector feature dropout").
+    # (docs/measurements.md, "Detector feature dropout").
     det_feature_dropout: float = 0.2
     # the box refiner (models.BoxRefiner) after the heatmap head: epochs (0: no refiner), the jitter of its training
     # boxes (each edge moved by up to this share of the box's side, every epoch anew) and the minimum IoU of a
     # detector box with a true box to be a training sample. On export.evaluate's held-out products, real cutouts
-    # boxed tightly (IoU >= 0.7) went 0.553 -> 0.652, end-to-end R@1 0.807 -> 0.826 (README, "Box refiner")
+    # boxed tightly (IoU >= 0.7) went 0.553 -> 0.652, end-to-end R@1 0.807 -> 0.826 (docs/measurements.md, "Box refiner")
     det_refine_epochs: int = 12
     det_refine_jitter: float = 0.15
     det_refine_min_iou: float = 0.4
     cls_epochs: int = 150
     # the embedder is learned whitening (emb_init) alone in both profiles: training it afterwards with the
     # proxy and triplet losses (60 epochs, the dropout below) gained nothing on held-out products
-    # (README, "Embedder: learned whitening"); set emb_epochs > 0 to fine-tune from the whitening
+    # (docs/measurements.md, "Embedder: learned whitening"); set emb_epochs > 0 to fine-tune from the whitening
     emb_epochs: int = 0
     # (when emb_epochs > 0) dropout on the cached pooled vectors of the embedder's query crops (not on the catalog proxies): the same
     # idea as det_feature_dropout, for a projection trained on 245 products. 0.4 took held-out R@1 0.765 -> 0.782
     # (real photos 0.780 -> 0.799) in export.evaluate; over two seeds 0.771 -> 0.790, R@5 0.880 -> 0.898
-    # (README, "Embedder feature dropout").
+    # (docs/measurements.md, "Embedder feature dropout").
     emb_feature_dropout: float = 0.4
     # the projection's start: "whitening" (learned_whitening, shrinkage chosen by product folds among
     # emb_whitening_shrinkages) or "pca" (the top principal directions)
