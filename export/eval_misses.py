@@ -1,8 +1,9 @@
-"""Where the detector misses held-out products: recall by object size and by background (export.evaluate).
+"""Where the detector misses held-out products (recall by object size and by background) and what its false
+positives are (export.evaluate).
 
 Pure functions over export.evaluate's query objects (``Query``: ``transform``, ``background``, ``clutter``,
 ``gt_box``, ``scene``, ``product_id``) and scene rows (``SceneRows``: ``boxes``, ``scores``, ``valid``,
-``gt``, ``first``, ``outputs()``), plus the picture of examples (misses.png).
+``gt``, ``first``, ``outputs()``), plus the pictures of examples (misses.png, false_positives.png).
 """
 from __future__ import annotations
 
@@ -126,5 +127,94 @@ def misses_png(path: Path, queries, scenes, thumbs: list[Image.Image], n: int = 
         name = "/".join(q.product_id.split("__")[1:]) or q.product_id  # cutouts: source__group__name
         draw.text((x + 4, y + cell - 2), f"{name[:26]} scale {q.transform['scale']} {q.background} {_clutter(q)}",
                   fill=(0, 0, 0))
+    sheet.save(path)
+    return True
+
+
+# A valid row that matches no product is "on the background" when under FP_BACKGROUND of its area lies inside a
+# product's true box, "part of a product" when over FP_PART of it lies inside one, else "loose or between products".
+FP_BACKGROUND, FP_PART = 0.2, 0.8
+FP_KINDS = ("on the background", "part of a product", "loose or between products")
+
+
+def unmatched_valid_rows(sc) -> list[int]:
+    """The valid rows of a scene that match no product, counted as detection precision counts them
+    (export/train.py: detection_metrics): rows best score first, each to the free product it overlaps most, if
+    IoU >= 0.5."""
+    rows = sorted(valid_rows(sc), key=lambda r: (-float(sc.scores[r]), r))
+    if not len(sc.gt):
+        return rows
+    ious = imaging.box_iou(sc.boxes[rows], sc.gt) if rows else np.zeros((0, len(sc.gt)))
+    taken = np.zeros(len(sc.gt), bool)
+    out = []
+    for k, r in enumerate(rows):
+        j = int(np.argmax(np.where(taken, -1, ious[k])))
+        if ious[k, j] >= MATCH_IOU and not taken[j]:
+            taken[j] = True
+        else:
+            out.append(r)
+    return out
+
+
+def false_positive_kind(box, gt: np.ndarray) -> str:
+    """FP_KINDS of a box that matches no product, by the largest share of its area inside one true box."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    area = max((x2 - x1) * (y2 - y1), 1e-6)
+    inside = max((max(0.0, min(x2, g[2]) - max(x1, g[0])) * max(0.0, min(y2, g[3]) - max(y1, g[1])) for g in gt),
+                 default=0.0) / area
+    return FP_KINDS[0] if inside < FP_BACKGROUND else FP_KINDS[1] if inside > FP_PART else FP_KINDS[2]
+
+
+def false_positives(queries, scenes) -> dict:
+    """Per scene background (its objects' ``background``: "photo", "procedural") and over all scenes: the products,
+    the valid rows, their precision and recall (IoU >= 0.5, as detection_metrics counts them) and how many of the
+    valid rows that match no product are of each of FP_KINDS. A background photo has objects of its own (people,
+    animals, buildings) that nobody labelled, so a box on one counts as false; procedural backgrounds have none."""
+    background = {q.scene: q.background for q in queries}
+    groups: dict[str, list] = {}
+    for i, sc in enumerate(scenes):
+        if i in background:
+            groups.setdefault(background[i], []).append(sc)
+    groups["all"] = [sc for i, sc in enumerate(scenes) if i in background]
+    out = {}
+    for name, group in groups.items():
+        kinds = dict.fromkeys(FP_KINDS, 0)
+        products = rows = wrong = 0
+        for sc in group:
+            products += len(sc.gt)
+            rows += len(valid_rows(sc))
+            for r in unmatched_valid_rows(sc):
+                kinds[false_positive_kind(sc.boxes[r], sc.gt)] += 1
+                wrong += 1
+        out[name] = {"products": products, "valid rows": rows,
+                     "precision": round((rows - wrong) / rows, 4) if rows else None,
+                     "recall": round((rows - wrong) / products, 4) if products else None, **kinds}
+    return out
+
+
+def false_positives_png(path: Path, scenes, thumbs: list[Image.Image], n: int = 16, cell: int = 260) -> bool:
+    """Examples of valid rows that match no product, from the first ``thumbs`` scenes: the photo, every product's
+    true box (green) and the false box (red) with its score and kind. Returns False (and writes nothing) when
+    there is none."""
+    picked = [(i, r) for i, sc in enumerate(scenes[:len(thumbs)]) for r in unmatched_valid_rows(sc)][:n]
+    if not picked:
+        return False
+    cols = 4
+    sheet = Image.new("RGB", (cols * cell, math.ceil(len(picked) / cols) * (cell + 16)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (i, r) in enumerate(picked):
+        sc = scenes[i]
+        img = thumbs[i].copy()
+        f = (cell - 4) / max(img.size)
+        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR)
+        d = ImageDraw.Draw(img)
+        for g in sc.gt:
+            d.rectangle([float(v) * f for v in g], outline=(0, 200, 0), width=2)
+        b = [float(v) * f for v in sc.boxes[r]]
+        d.rectangle(b, outline=(220, 0, 0), width=3)
+        d.text((b[0] + 3, b[1] + 2), f"{sc.scores[r]:.2f}", fill=(255, 255, 0))
+        x, y = (k % cols) * cell, (k // cols) * (cell + 16)
+        sheet.paste(img, (x + 2, y + 2))
+        draw.text((x + 4, y + cell - 2), f"scene {i}: {false_positive_kind(sc.boxes[r], sc.gt)}", fill=(0, 0, 0))
     sheet.save(path)
     return True

@@ -24,6 +24,22 @@ def misses_section(misses: dict | None) -> list[str]:
     return lines + ["", "![misses](misses.png)", ""]
 
 
+def false_positives_section(fp: dict | None) -> list[str]:
+    """The valid rows that match no product, by background and kind (export/eval_misses.py: false_positives)."""
+    if not fp:
+        return []
+    cols = list(next(iter(fp.values())))
+    lines = ["### Detector false positives by background", "",
+             "Valid rows (score >= threshold) and their precision and recall per scene background, and the rows that "
+             "match no product by kind: on the background (under 0.2 of the box inside a product), part of a product "
+             "(over 0.8 inside one), loose or between products. A background photo has objects of its own that nobody "
+             "labelled (people, animals, buildings), so a box on one counts as false; procedural backgrounds have "
+             "none, so theirs is the precision with complete labels. Examples: false_positives.png.", "",
+             "| background | " + " | ".join(cols) + " |", "|---" + "|---" * len(cols) + "|"]
+    lines += [f"| {name} | " + " | ".join(_fmt(r[c]) for c in cols) + " |" for name, r in fp.items()]
+    return lines + ["", "![false positives](false_positives.png)", ""]
+
+
 def report(m: dict) -> str:
     s = m["setup"]
     not_served = f"; detection boxes padded by {s['pad_boxes']} per side before cropping (NOT the served graph)" if s["pad_boxes"] else ""
@@ -86,6 +102,7 @@ def report(m: dict) -> str:
              f"| {_fmt(m['detector']['ap50'])} | {_fmt(m['detector']['recall_at_threshold'])} | "
              f"{_fmt(m['detector']['precision_at_threshold'])} | {m['detector']['objects']} |", ""]
     lines += misses_section(m.get("detector_misses"))
+    lines += false_positives_section(m.get("detector_false_positives"))
     lines += ["## Classifier (ground-truth crops of held-out products)", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in m["classifier"].items()]
     lines += ["", "## Retrieval", "",

@@ -34,7 +34,7 @@ from client import imaging, rerank, spec
 from client.catalog import CATALOG_VIEWS, CATALOG_WHOLE_IMAGE, catalog_rows, synthetic_views
 from client.search import select_rows
 from export import dataset, eval_rerank, repository
-from export.eval_misses import detector_misses, misses_png
+from export.eval_misses import detector_misses, false_positives, false_positives_png, misses_png
 from export.eval_ranks import (CATEGORY, CATEGORY_SCORE, EMBEDDINGS, GROUP, GT, SYNTHETIC, VIEW, Described, agreement, by_kind,
                                query_rows, retrieval_table, source_ranks, summarise)
 from export.eval_report import report
@@ -425,6 +425,7 @@ def evaluate(args) -> dict:
     t = time.time()
     objects = {"client policy (select_rows)": selections["detected"].boxes, VALID_ONLY: selections[VALID_ONLY].boxes}
     misses = detector_misses(qs.queries, qs.scenes)
+    wrong_boxes = false_positives(qs.queries, qs.scenes)
     sweep = selection_sweep(qs, d)
     views = catalog_views(d, full, queries, qs, catalog_kp, geo)
     colour = colour_weight_sweep(d, queries)
@@ -440,6 +441,7 @@ def evaluate(args) -> dict:
                   "catalog_synthetic_views": list(CATALOG_VIEWS), "catalog_points": int(len(d.gallery[GROUP])),
                   "catalog_images_without_valid_detection": len(items) - int(np.sum((full[VIEW] == 1) & ~full[SYNTHETIC]))},
         "detector": qs.detector, "detector_found_queries": round(float(found.mean()), 4), "detector_misses": misses,
+        "detector_false_positives": wrong_boxes,
         "objects_reported": objects, "headline": headline(results, queries, geo), "catalog_views": views,
         "rerank": {"settings": {"candidates": rerank.CANDIDATES, "weight": rerank.WEIGHT, "inlier_cap": rerank.INLIER_CAP,
                                 "keypoints": rerank.ORB.keypoints, "side": rerank.ORB.side},
@@ -451,6 +453,7 @@ def evaluate(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     examples(args.out / "examples.png", queries, qs.thumbs, items, d)
     misses_png(args.out / "misses.png", qs.queries, qs.scenes, qs.thumbs)
+    false_positives_png(args.out / "false_positives.png", qs.scenes, qs.thumbs)
     return write_metrics(args.out, metrics)
 
 
@@ -522,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     evaluate(args)
     print((args.out / "report.md").read_text())
-    print(f"wrote {args.out}/report.md, metrics.json, examples.png, misses.png", file=sys.stderr)
+    print(f"wrote {args.out}/report.md, metrics.json, examples.png, misses.png, false_positives.png", file=sys.stderr)
     return 0
 
 

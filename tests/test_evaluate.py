@@ -23,6 +23,10 @@ def test_evaluate_small_run_writes_consistent_report(built, tmp_path):
     trained = m["retrieval"]["trained embedder, float"]["no filter"]["ground truth"]
     assert trained["R@20"] >= 0.3, trained  # held-out drawn products among ~200 catalog images: far above chance (0.1)
     assert 0 <= m["detector"]["ap50"] <= 1 and m["detector"]["objects"] == s["query_objects"]
+    fp = m["detector_false_positives"]["all"]  # the valid rows that match no product, counted as the precision counts them
+    assert fp["products"] == s["query_objects"] and fp["precision"] == m["detector"]["precision_at_threshold"]
+    assert sum(fp[k] for k in ("on the background", "part of a product", "loose or between products")) == \
+        round(fp["valid rows"] * (1 - fp["precision"]))
     assert set(m["per_transform"]) >= {"background", "scale", "rotation", "light", "blur", "jpeg", "occlusion"}
     # the objects client.search reports (select_rows) next to the valid rows it reported before
     assert set(m["retrieval"]["trained embedder, float"]["no filter"]) == {"detected", evaluate.VALID_ONLY, evaluate.GT}
