@@ -166,7 +166,7 @@ def false_positive_kind(box, gt: np.ndarray) -> str:
 
 
 def false_positives(queries, scenes) -> dict:
-    """Per scene background (its objects' ``background``: "photo", "procedural") and over all scenes: the products,
+    """Per scene background (its objects' ``background``: "photo", "procedural") and over every scene: the products,
     the valid rows, their precision and recall (IoU >= 0.5, as detection_metrics counts them) and how many of the
     valid rows that match no product are of each of FP_KINDS. A background photo has objects of its own (people,
     animals, buildings) that nobody labelled, so a box on one counts as false; procedural backgrounds have none."""
@@ -175,7 +175,7 @@ def false_positives(queries, scenes) -> dict:
     for i, sc in enumerate(scenes):
         if i in background:
             groups.setdefault(background[i], []).append(sc)
-    groups["all"] = [sc for i, sc in enumerate(scenes) if i in background]
+    groups["all"] = list(scenes)  # a scene without a product (none could be pasted) counts here, as in detection_metrics
     out = {}
     for name, group in groups.items():
         kinds = dict.fromkeys(FP_KINDS, 0)
