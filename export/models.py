@@ -193,7 +193,7 @@ class BoxRefiner(nn.Module):
 class HeadEnsemble(nn.Module):
     """Several heatmap heads trained alike from different seeds, read as one: the mean of their heatmap probabilities
     (returned as logits, DetectorHead's interface), box sizes and sub-cell offsets. A head trained on a few thousand
-    cached scenes moves by as much between training seeds as most changes of its data (README, "Two detector heads");
+    cached scenes moves by as much between training seeds as most changes of its data (docs/measurements.md, "Two detector heads");
     the mean of two heads trained half as long each costs the same training time and keeps what the seeds agree on.
     One member is returned unchanged."""
 
@@ -236,7 +236,7 @@ SECOND_SCALE = 512
 SECOND_SCALE_WEIGHT = 0.35
 # ... that second look resized from the 640-px crop source (the detector's second input, spec.DETECTOR) rather than
 # upsampled from its own 320-px input: a 480-640-px photo keeps its detail there, and small or blurred products get
-# tighter boxes for the same compute. README, "The second scale from the crop source". False: upsampled (the
+# tighter boxes for the same compute. docs/measurements.md, "The second scale from the crop source". False: upsampled (the
 # crop_source input then stays in the graph unread: Detector.forward).
 SECOND_FROM_SOURCE = True
 # The box refiner runs this many times on each box, each time on the box it moved (a cascade with one set of
@@ -447,7 +447,7 @@ class ColourHistogram(nn.Module):
     The defaults (12 x 2 x 2 + 4 bins, sigma 0.15, grey below 0.1 saturation or value) and the fusion weight
     spec.COLOUR_WEIGHT were chosen on export.evaluate's held-out products among sigma 0.1-1.0, 8-24 hue bins,
     1-3 saturation and value bins, 4-6 grey bins, weights 0.1-0.5: the weight is the largest that does not
-    cost the real-photo products (README, "Training and evaluation")."""
+    cost the real-photo products (docs/measurements.md, "What the embedding holds")."""
 
     def __init__(self, hue_bins: int = spec.COLOUR_HUE_BINS, sat_bins: int = spec.COLOUR_SAT_BINS,
                  val_bins: int = spec.COLOUR_VAL_BINS, grey_bins: int = spec.COLOUR_GREY_BINS,

@@ -20,7 +20,7 @@ class TrainConfig:
     # heatmap heads (with their refiners) trained from seeds seed, seed + 1, ... for det_epochs each, served as their
     # mean (models.HeadEnsemble). Two heads of 13 epochs against one of 25 (the same training time), on the same cached
     # features: held-out AP@0.5 0.956 / 0.951 against 0.960 / 0.948 and 0.943 / 0.944 for one head from seed 0 or 1,
-    # bench.photo_search's photos boxed 0.906 / 0.945 against 0.889 / 0.940 and 0.900 / 0.940 (README, "Two detector heads")
+    # bench.photo_search's photos boxed 0.906 / 0.945 against 0.889 / 0.940 and 0.900 / 0.940 (docs/measurements.md, "Two detector heads")
     det_heads: int = 1
     # channel dropout (dropout2d) on the cached stride-16/32 maps the detector head trains on: the frozen
     # features of a cached scene are the same every epoch, so without it the head learns which channels

@@ -66,3 +66,14 @@ def test_defined_names():
     text = "## Results now\n\n- **Box refiner** (shipped). *A stride-8 input* (not kept), 2 * 3 * 4\n"
     names = defined(text)
     assert "Results now" in names and "Box refiner" in names and "A stride-8 input" in names
+
+
+def test_readme_names_moved_items_with_their_file():
+    """A quoted name in the README that only docs/measurements.md defines says where it is (within the sentence)."""
+    text = DOCS["README"].read_text()
+    here, there = defined(text), defined(DOCS["docs/measurements.md"].read_text())
+    flat = flatten(text)
+    loose = [m.group(1) for m in re.finditer(r'"([A-Z0-9][^"]{3,160})"', flat)
+             if "docs/measurements.md" not in flat[max(0, m.start() - 100):m.start()]
+             and any(x.startswith(m.group(1)) for x in there) and not any(x.startswith(m.group(1)) for x in here)]
+    assert not loose, f"README names items of docs/measurements.md without saying so: {loose}"
