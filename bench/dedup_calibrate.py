@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from client import spec
 from client.dedup import METHODS, get_method
-from client.dedup.thresholds import THRESHOLDS_FILE
+from client.dedup.thresholds import EXTRA_SETTINGS, THRESHOLDS_FILE
 from client.imaging import encode_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,16 +354,40 @@ def fit_cnn_rule(items, a, b, cos, positive, fold, tr) -> tuple[dict, np.ndarray
                   "max_negative_inliers": int(neg_in.max()) if neg_in.size else 0}, inliers
 
 
+def same_thresholds(a: dict, b: dict) -> bool:
+    """Whether two thresholds files' methods have the same thresholds and extra settings (not counting the
+    measured precision and recall)."""
+    keys = ("threshold", *EXTRA_SETTINGS)
+    pick = lambda m: {k: {n: v[n] for n in keys if n in v} for k, v in m.items()}  # noqa: E731
+    return pick(a) == pick(b)
+
+
 def write_thresholds(path: Path, results: dict, photos: Path, n_images: int, embedder: str | None) -> None:
+    """Writes the calibration. When the file there has exactly these thresholds, the run's embedder joins its
+    ``embedder_ids`` (another build of the same recipe; its precision and recall stay the first run's) and the
+    rest of the file is kept; otherwise the file is replaced, with this embedder alone."""
+    methods = {k: {"threshold": round(v["threshold"], 6), "precision": round(v["precision"], 4), "recall": round(v["recall"], 4),
+                   **({"candidate": v["candidate"], "min_inliers": v["min_inliers"]} if "candidate" in v else {})}
+               for k, v in results.items()}
+    try:
+        old = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        old = None
+    if old and embedder and old.get("embedder_id") and same_thresholds(old.get("methods", {}), methods):
+        ids = [old["embedder_id"], *(i for i in old.get("embedder_ids", []) if i != old["embedder_id"])]
+        if embedder not in ids:
+            ids.append(embedder)
+            old.setdefault("also_calibrated", {})[embedder] = time.strftime("%Y-%m-%d")
+        old["embedder_ids"] = ids
+        path.write_text(json.dumps(old, indent=1) + "\n")
+        return
     data = {"embedder_id": embedder,
             "calibrated": time.strftime("%Y-%m-%d"),
             "by": "python -m bench.dedup_calibrate",
             "data": f"{photos.name}: {n_images} images (originals + {len(TRANSFORMS)} transforms each)",
             "target": f"strictest threshold within {RECALL_TOLERANCE} recall of the best at precision >= {TARGET_PRECISION}; "
                       "precision/recall are 2-fold out-of-fold",
-            "methods": {k: {"threshold": round(v["threshold"], 6), "precision": round(v["precision"], 4), "recall": round(v["recall"], 4),
-                            **({"candidate": v["candidate"], "min_inliers": v["min_inliers"]} if "candidate" in v else {})}
-                        for k, v in results.items()}}
+            "methods": methods}
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 

@@ -227,3 +227,34 @@ def test_thresholds_name_the_calibrated_embedder_and_old_files_still_read(tmp_pa
         assert not t.check_embedder("v1-bbbb")
     with pytest.raises(ValueError, match="no calibrated threshold for 'cnn'"):
         t.get("cnn")
+
+
+def test_thresholds_hold_for_every_embedder_they_were_calibrated_on(tmp_path):
+    """Builds of one recipe on other CPUs have other embedder ids; a calibration that gives them exactly the same
+    thresholds adds them to the file (bench.dedup_calibrate.write_thresholds), and the check accepts each."""
+    from bench.dedup_calibrate import write_thresholds
+    from client.dedup.thresholds import StaleCalibration
+
+    path = tmp_path / "thresholds.json"
+    cnn = {"threshold": 0.95, "precision": 1.0, "recall": 0.99, "candidate": 0.55, "min_inliers": 6}
+    write_thresholds(path, {"cnn": cnn, "phash": {"threshold": 14.0, "precision": 0.99, "recall": 0.7}}, tmp_path, 10, "v2-aaaa")
+    first = json.loads(path.read_text())
+    assert first["embedder_id"] == "v2-aaaa" and "embedder_ids" not in first
+    # another build, the same thresholds (its recall a little different): joins the file, the first run's figures stay
+    write_thresholds(path, {"cnn": {**cnn, "recall": 0.98}, "phash": {"threshold": 14.0, "precision": 0.99, "recall": 0.7}},
+                     tmp_path, 10, "v2-bbbb")
+    both = json.loads(path.read_text())
+    assert both["embedder_ids"] == ["v2-aaaa", "v2-bbbb"] and list(both["also_calibrated"]) == ["v2-bbbb"]
+    assert both["methods"]["cnn"]["recall"] == 0.99 and both["calibrated"] == first["calibrated"]
+    write_thresholds(path, {"cnn": cnn, "phash": {"threshold": 14.0, "precision": 0.99, "recall": 0.7}}, tmp_path, 10, "v2-bbbb")
+    assert json.loads(path.read_text())["embedder_ids"] == ["v2-aaaa", "v2-bbbb"]  # no repeat
+    t = load_thresholds(path)
+    assert t.embedder_ids == ("v2-aaaa", "v2-bbbb") and t.check_embedder("v2-aaaa") and t.check_embedder("v2-bbbb")
+    with pytest.warns(StaleCalibration, match="v2-aaaa, v2-bbbb.*v2-cccc"):
+        assert not t.check_embedder("v2-cccc")
+    # other thresholds: the file starts again with the new embedder alone
+    write_thresholds(path, {"cnn": {**cnn, "min_inliers": 7}, "phash": {"threshold": 14.0, "precision": 0.99, "recall": 0.7}},
+                     tmp_path, 10, "v2-cccc")
+    again = json.loads(path.read_text())
+    assert again["embedder_id"] == "v2-cccc" and "embedder_ids" not in again and again["methods"]["cnn"]["min_inliers"] == 7
+    assert load_thresholds(path).embedder_ids == ("v2-cccc",)
