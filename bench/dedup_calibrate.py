@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from client import spec
 from client.dedup import METHODS, get_method
-from client.dedup.thresholds import EXTRA_SETTINGS, THRESHOLDS_FILE
+from client.dedup.thresholds import EXTRA_SETTINGS, THRESHOLDS_FILE, load_thresholds
 from client.imaging import encode_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -374,7 +374,7 @@ def write_thresholds(path: Path, results: dict, photos: Path, n_images: int, emb
     except (FileNotFoundError, json.JSONDecodeError):
         old = None
     if old and embedder and old.get("embedder_id") and same_thresholds(old.get("methods", {}), methods):
-        ids = [old["embedder_id"], *(i for i in old.get("embedder_ids", []) if i != old["embedder_id"])]
+        ids = list(load_thresholds(path).embedder_ids)  # the file's own reading of its ids
         if embedder not in ids:
             ids.append(embedder)
             old.setdefault("also_calibrated", {})[embedder] = time.strftime("%Y-%m-%d")

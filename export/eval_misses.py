@@ -65,6 +65,19 @@ def valid_rows(sc) -> list[int]:
     return [int(r) for r in np.where(sc.valid)[0] if r < spec.MAX_OBJECTS]
 
 
+def match_detections(boxes_px: np.ndarray, scores: np.ndarray, rows: list[int], gt: np.ndarray) -> dict[int, int]:
+    """Ground-truth object -> reported row: ``rows``, highest score first, each to the free object it overlaps
+    most, if IoU >= MATCH_IOU."""
+    taken: dict[int, int] = {}
+    if len(rows) and len(gt):
+        ious = imaging.box_iou(boxes_px[rows], gt)
+        for r in np.argsort(-scores[rows], kind="stable"):
+            j = int(np.argmax(np.where([k in taken for k in range(len(gt))], -1, ious[r])))
+            if ious[r, j] >= MATCH_IOU and j not in taken:
+                taken[j] = rows[r]
+    return taken
+
+
 def best_ious(n: int, scenes, rows_of) -> np.ndarray:
     """Per query (``n`` in all), the best IoU of its true box with the detection rows ``rows_of(scene)``."""
     best = np.zeros(n)
@@ -98,7 +111,26 @@ def detector_misses(queries, scenes) -> dict:
     return out
 
 
-def misses_png(path: Path, queries, scenes, thumbs: list[Image.Image], n: int = 12, cell: int = 260) -> bool:
+def _sheet(path: Path, cells: list[tuple[Image.Image, str]], cols: int = 4, cell: int = 260) -> None:
+    """(picture, caption) cells in a grid of ``cols``, each picture already fitted to ``cell`` px (``_scaled``),
+    its caption below it."""
+    sheet = Image.new("RGB", (cols * cell, math.ceil(len(cells) / cols) * (cell + 16)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (img, caption) in enumerate(cells):
+        x, y = (k % cols) * cell, (k // cols) * (cell + 16)
+        sheet.paste(img, (x + 2, y + 2))
+        draw.text((x + 4, y + cell - 2), caption, fill=(0, 0, 0))
+    sheet.save(path)
+
+
+def _scaled(img: Image.Image, cell: int = 260) -> tuple[Image.Image, ImageDraw.ImageDraw, float]:
+    """A copy of ``img`` fitted into a sheet cell, a pen on it, and the scale from image pixels to it."""
+    f = (cell - 4) / max(img.size)
+    small = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR)
+    return small, ImageDraw.Draw(small), f
+
+
+def misses_png(path: Path, queries, scenes, thumbs: list[Image.Image], n: int = 12) -> bool:
     """Examples of held-out products without a valid box: the photo, the product's true box (green) and
     every detection row scoring >= 0.10 (red: valid, orange: below the threshold) with its score.
     Returns False (and writes nothing) when there is no miss among the ``thumbs`` scenes."""
@@ -106,30 +138,21 @@ def misses_png(path: Path, queries, scenes, thumbs: list[Image.Image], n: int = 
     picked = [i for i, q in enumerate(queries) if valid[i] < MATCH_IOU and q.scene < len(thumbs)][:n]
     if not picked:
         return False
-    cols = 4
-    sheet = Image.new("RGB", (cols * cell, math.ceil(len(picked) / cols) * (cell + 16)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k, i in enumerate(picked):
+    cells = []
+    for i in picked:
         q = queries[i]
         sc = scenes[q.scene]
-        img = thumbs[q.scene].copy()
-        f = (cell - 4) / max(img.size)
-        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR)
-        d = ImageDraw.Draw(img)
+        img, d, f = _scaled(thumbs[q.scene])
         for r in range(spec.MAX_OBJECTS):
             if sc.scores[r] >= 0.10:
                 b = [float(v) * f for v in sc.boxes[r]]
                 d.rectangle(b, outline=(220, 0, 0) if sc.valid[r] else (255, 150, 0), width=2)
                 d.text((b[0] + 3, b[1] + 2), f"{sc.scores[r]:.2f}", fill=(255, 255, 0))
         d.rectangle([float(v) * f for v in q.gt_box], outline=(0, 200, 0), width=3)
-        x, y = (k % cols) * cell, (k // cols) * (cell + 16)
-        sheet.paste(img, (x + 2, y + 2))
         name = "/".join(q.product_id.split("__")[1:]) or q.product_id  # cutouts: source__group__name
-        draw.text((x + 4, y + cell - 2), f"{name[:26]} scale {q.transform['scale']} {q.background} {_clutter(q)}",
-                  fill=(0, 0, 0))
-    sheet.save(path)
+        cells.append((img, f"{name[:26]} scale {q.transform['scale']} {q.background} {_clutter(q)}"))
+    _sheet(path, cells)
     return True
-
 
 # A valid row that matches no product is "on the background" when under FP_BACKGROUND of its area lies inside a
 # product's true box, "part of a product" when over FP_PART of it lies inside one, else "loose or between products".
@@ -138,22 +161,10 @@ FP_KINDS = ("on the background", "part of a product", "loose or between products
 
 
 def unmatched_valid_rows(sc) -> list[int]:
-    """The valid rows of a scene that match no product, counted as detection precision counts them
-    (export/train.py: detection_metrics): rows best score first, each to the free product it overlaps most, if
-    IoU >= 0.5."""
-    rows = sorted(valid_rows(sc), key=lambda r: (-float(sc.scores[r]), r))
-    if not len(sc.gt):
-        return rows
-    ious = imaging.box_iou(sc.boxes[rows], sc.gt) if rows else np.zeros((0, len(sc.gt)))
-    taken = np.zeros(len(sc.gt), bool)
-    out = []
-    for k, r in enumerate(rows):
-        j = int(np.argmax(np.where(taken, -1, ious[k])))
-        if ious[k, j] >= MATCH_IOU and not taken[j]:
-            taken[j] = True
-        else:
-            out.append(r)
-    return out
+    """The valid rows of a scene that match no product (``match_detections``, as detection precision counts them:
+    export/train.py: detection_metrics), best score first."""
+    matched = set(match_detections(sc.boxes, sc.scores, valid_rows(sc), sc.gt).values())
+    return [r for r in sorted(valid_rows(sc), key=lambda r: (-float(sc.scores[r]), r)) if r not in matched]
 
 
 def false_positive_kind(box, gt: np.ndarray) -> str:
@@ -192,29 +203,22 @@ def false_positives(queries, scenes) -> dict:
     return out
 
 
-def false_positives_png(path: Path, scenes, thumbs: list[Image.Image], n: int = 16, cell: int = 260) -> bool:
+def false_positives_png(path: Path, scenes, thumbs: list[Image.Image], n: int = 16) -> bool:
     """Examples of valid rows that match no product, from the first ``thumbs`` scenes: the photo, every product's
     true box (green) and the false box (red) with its score and kind. Returns False (and writes nothing) when
     there is none."""
     picked = [(i, r) for i, sc in enumerate(scenes[:len(thumbs)]) for r in unmatched_valid_rows(sc)][:n]
     if not picked:
         return False
-    cols = 4
-    sheet = Image.new("RGB", (cols * cell, math.ceil(len(picked) / cols) * (cell + 16)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k, (i, r) in enumerate(picked):
+    cells = []
+    for i, r in picked:
         sc = scenes[i]
-        img = thumbs[i].copy()
-        f = (cell - 4) / max(img.size)
-        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR)
-        d = ImageDraw.Draw(img)
+        img, d, f = _scaled(thumbs[i])
         for g in sc.gt:
             d.rectangle([float(v) * f for v in g], outline=(0, 200, 0), width=2)
         b = [float(v) * f for v in sc.boxes[r]]
         d.rectangle(b, outline=(220, 0, 0), width=3)
         d.text((b[0] + 3, b[1] + 2), f"{sc.scores[r]:.2f}", fill=(255, 255, 0))
-        x, y = (k % cols) * cell, (k // cols) * (cell + 16)
-        sheet.paste(img, (x + 2, y + 2))
-        draw.text((x + 4, y + cell - 2), f"scene {i}: {false_positive_kind(sc.boxes[r], sc.gt)}", fill=(0, 0, 0))
-    sheet.save(path)
+        cells.append((img, f"scene {i}: {false_positive_kind(sc.boxes[r], sc.gt)}"))
+    _sheet(path, cells)
     return True

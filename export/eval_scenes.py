@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from client import imaging, rerank, spec
 from export import dataset
-from export.eval_misses import background_clutter
+from export.eval_misses import MATCH_IOU, background_clutter, match_detections
 from export.scenes import Backgrounds, make_scene
 from export.train import detection_metrics
 
@@ -60,22 +60,6 @@ class QuerySet:
     thumbs: list[Image.Image]  # the first scenes, for examples.png
     gt_kp: list  # per query: rerank.query_keypoints of its scene at its ground-truth box
     det_kp: list  # per det_crops row: rerank.query_keypoints at that row's box (the whole image for its row)
-
-
-MATCH_IOU = 0.5
-
-
-def match_detections(boxes_px: np.ndarray, scores: np.ndarray, rows: list[int], gt: np.ndarray) -> dict[int, int]:
-    """Ground-truth object -> reported row: ``rows``, highest score first, each to the free object it overlaps
-    most, if IoU >= MATCH_IOU."""
-    taken: dict[int, int] = {}
-    if len(rows) and len(gt):
-        ious = imaging.box_iou(boxes_px[rows], gt)
-        for r in np.argsort(-scores[rows], kind="stable"):
-            j = int(np.argmax(np.where([k in taken for k in range(len(gt))], -1, ious[r])))
-            if ious[r, j] >= MATCH_IOU and j not in taken:
-                taken[j] = rows[r]
-    return taken
 
 
 def valid_detections(sc: SceneRows) -> list[int]:

@@ -29,11 +29,11 @@ class Thresholds:
     embedder_id: str | None  # the first embedder calibrated on (None: unknown, nothing is checked)
     source: str
     extra: dict[str, dict] = field(default_factory=dict)  # per method: the EXTRA_SETTINGS it has
-    also: tuple[str, ...] = ()  # other embedders that calibrated to exactly these thresholds
+    also: tuple[str, ...] = ()  # other embedders that calibrated to exactly these thresholds (not embedder_id)
 
     @property
     def embedder_ids(self) -> tuple[str, ...]:
-        return () if self.embedder_id is None else (self.embedder_id, *(i for i in self.also if i != self.embedder_id))
+        return () if self.embedder_id is None else (self.embedder_id, *self.also)
 
     def get(self, method: str) -> float:
         if method not in self.values:
