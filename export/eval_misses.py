@@ -62,6 +62,7 @@ MISS_BINS = {
 
 
 def valid_rows(sc) -> list[int]:
+    """The rows client.search reported before select_rows: valid detections (never the whole image)."""
     return [int(r) for r in np.where(sc.valid)[0] if r < spec.MAX_OBJECTS]
 
 

@@ -62,11 +62,6 @@ class QuerySet:
     det_kp: list  # per det_crops row: rerank.query_keypoints at that row's box (the whole image for its row)
 
 
-def valid_detections(sc: SceneRows) -> list[int]:
-    """The rows client.search reported before select_rows: valid detections (never the whole image)."""
-    return [int(r) for r in np.where(sc.valid)[0] if r < spec.MAX_OBJECTS]
-
-
 @dataclass
 class Selection:
     """One row policy over every scene: which query got a box (and its crop), and what it cost."""

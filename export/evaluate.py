@@ -34,11 +34,11 @@ from client import imaging, rerank, spec
 from client.catalog import CATALOG_VIEWS, CATALOG_WHOLE_IMAGE, catalog_rows, synthetic_views
 from client.search import select_rows
 from export import dataset, eval_rerank, repository
-from export.eval_misses import detector_misses, false_positives, false_positives_png, misses_png
+from export.eval_misses import detector_misses, false_positives, false_positives_png, misses_png, valid_rows
 from export.eval_ranks import (CATEGORY, CATEGORY_SCORE, EMBEDDINGS, GROUP, GT, SYNTHETIC, VIEW, Described, agreement, by_kind,
                                query_rows, retrieval_table, source_ranks, summarise)
 from export.eval_report import report
-from export.eval_scenes import TRANSFORM_BINS, Query, QuerySet, run_scenes, select, valid_detections
+from export.eval_scenes import TRANSFORM_BINS, Query, QuerySet, run_scenes, select
 from export.pipeline import Pipeline
 from export.products import synthetic_products
 
@@ -332,7 +332,7 @@ SWEEP_EXTRA, SWEEP_MIN_SCORE, SWEEP_OVERLAP = (0, 1, 2, 3), (0.05, 0.1, 0.2), (0
 
 def selection_sweep(qs: QuerySet, d: Described) -> dict:
     """Per row policy: the boxes it reports (products that get one, cost) and R@1 with them (client's filter)."""
-    policies = {"valid rows only (before)": valid_detections,
+    policies = {"valid rows only (before)": valid_rows,
                 "every detection row": lambda sc: list(range(spec.MAX_OBJECTS))}
     for n in SWEEP_EXTRA:
         for floor in SWEEP_MIN_SCORE if n else (1.0,):
@@ -412,7 +412,7 @@ def evaluate(args) -> dict:
     timings["query_crops_s"] = round(time.time() - t, 1)
     queries = qs.queries
     selections = {"detected": select(qs, lambda sc: select_rows(sc.outputs())),  # what client.search reports
-                  VALID_ONLY: select(qs, valid_detections)}
+                  VALID_ONLY: select(qs, valid_rows)}
     d = Described(catalog_points(full, CATALOG_WHOLE_IMAGE), gt, det, np.array([row_of[q.product_id] for q in queries]), selections)
     results, filter_sweep = retrieval_metrics(d)
     t = time.time()
