@@ -1,6 +1,7 @@
 """Product split, generated query transforms and the heads checkpoint (the category merge: test_merge.py)."""
 import numpy as np
 import pytest
+from client import spec
 
 from export import dataset
 from export.products import product_split, synthetic_products
@@ -130,3 +131,20 @@ def test_the_feature_cache_holds_stride8_maps_only_for_a_detector_that_reads_the
     assert len(with8) == 1 and with8 != plain  # the other key's cache is replaced, not mixed in
     again = build.features(cfg, sources, tmp_path)[6]
     assert np.array_equal(again, g8)
+
+
+def test_the_feature_cache_is_keyed_by_the_input_sides(tmp_path, monkeypatch):
+    """A detector input of another side (spec.DET_SIZE) makes other scene images and maps: export.build.features
+    must not read a cache made at the old side (it once did: the key held no sides). At the shipped sides the key
+    is the one caches were always made under."""
+    from export import build
+
+    cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=2, catalog_views=2)
+    sources = dataset.load_sources(cfg)
+    assert {"det": spec.DET_SIZE, "crop": spec.CROP_SIZE, "crop_source": spec.CROP_SOURCE_SIZE} == build.KEYLESS_SIZES
+    f16 = build.features(cfg, sources, tmp_path)[2]
+    first = sorted(tmp_path.glob("features_*.npz"))
+    assert f16.shape[-1] == spec.DET_SIZE // 16
+    monkeypatch.setattr(spec, "DET_SIZE", spec.DET_SIZE + 64)
+    g16 = build.features(cfg, sources, tmp_path)[2]
+    assert g16.shape[-1] == spec.DET_SIZE // 16 and sorted(tmp_path.glob("features_*.npz")) != first
