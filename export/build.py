@@ -41,9 +41,14 @@ PROFILES = {
 }
 STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
 DATA_VERSION = 3  # bump when scene generation changes, so cached features are not reused
-# The input sides every feature cache so far was made at (spec.DET_SIZE, CROP_SIZE, CROP_SOURCE_SIZE): at these the
-# cache key leaves them out, so existing caches stay valid; other sides enter the key (features).
+# The input sides (input_sides) every feature cache so far was made at: at these the cache key leaves them out,
+# so existing caches stay valid; other sides enter the key (features).
 KEYLESS_SIZES = {"det": 320, "crop": 160, "crop_source": 640}
+
+
+def input_sides() -> dict[str, int]:
+    """The sides the cached images are made at (spec.DET_SIZE, CROP_SIZE, CROP_SOURCE_SIZE)."""
+    return {"det": spec.DET_SIZE, "crop": spec.CROP_SIZE, "crop_source": spec.CROP_SOURCE_SIZE}
 
 
 def missing_models(repo: Path) -> list[str]:
@@ -81,9 +86,8 @@ def features(dcfg, sources, build_dir: Path):
                "backgrounds": [p.name for p in sources.train_backgrounds], "version": DATA_VERSION}
     if STRIDE8:  # the detector's stride-8 maps are cached too (a key of its own; without them the key is unchanged)
         decides["stride8"] = True
-    sizes = {"det": spec.DET_SIZE, "crop": spec.CROP_SIZE, "crop_source": spec.CROP_SOURCE_SIZE}
-    if sizes != KEYLESS_SIZES:  # images of other sides are other features: a key of their own
-        decides["sizes"] = sizes
+    if input_sides() != KEYLESS_SIZES:  # images of other sides are other features: a key of their own
+        decides["sizes"] = input_sides()
     key = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
     path = build_dir / f"features_{key}.npz"
     if path.exists():

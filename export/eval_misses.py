@@ -164,8 +164,9 @@ FP_KINDS = ("on the background", "part of a product", "loose or between products
 def unmatched_valid_rows(sc) -> list[int]:
     """The valid rows of a scene that match no product (``match_detections``, as detection precision counts them:
     export/train.py: detection_metrics), best score first."""
-    matched = set(match_detections(sc.boxes, sc.scores, valid_rows(sc), sc.gt).values())
-    return [r for r in sorted(valid_rows(sc), key=lambda r: (-float(sc.scores[r]), r)) if r not in matched]
+    rows = valid_rows(sc)
+    matched = set(match_detections(sc.boxes, sc.scores, rows, sc.gt).values())
+    return [r for r in sorted(rows, key=lambda r: (-float(sc.scores[r]), r)) if r not in matched]
 
 
 def false_positive_kind(box, gt: np.ndarray) -> str:

@@ -1,8 +1,8 @@
 """Product split, generated query transforms and the heads checkpoint (the category merge: test_merge.py)."""
 import numpy as np
 import pytest
-from client import spec
 
+from client import spec
 from export import dataset
 from export.products import product_split, synthetic_products
 from export.scenes import Backgrounds, detector_scene, make_scene, uneven_light, vary
@@ -141,7 +141,7 @@ def test_the_feature_cache_is_keyed_by_the_input_sides(tmp_path, monkeypatch):
 
     cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=2, catalog_views=2)
     sources = dataset.load_sources(cfg)
-    assert {"det": spec.DET_SIZE, "crop": spec.CROP_SIZE, "crop_source": spec.CROP_SOURCE_SIZE} == build.KEYLESS_SIZES
+    assert build.input_sides() == build.KEYLESS_SIZES
     f16 = build.features(cfg, sources, tmp_path)[2]
     first = sorted(tmp_path.glob("features_*.npz"))
     assert f16.shape[-1] == spec.DET_SIZE // 16
