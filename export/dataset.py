@@ -71,11 +71,12 @@ def load_sources(cfg: DataConfig) -> Sources:
 
 
 class BackboneRunner:
-    """The frozen backbone as an onnxruntime session (exported once per build directory)."""
+    """The frozen backbone (``name``: an EfficientNet-Lite of models.BACKBONE_WEIGHTS) as an onnxruntime session
+    (exported once per build directory)."""
 
     OUTPUTS = ("f8", "f16", "f32", "pooled")
 
-    def __init__(self, onnx_path: Path):
+    def __init__(self, onnx_path: Path, name: str = "efficientnet-lite0"):
         if onnx_path.exists():
             self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
             if tuple(o.name for o in self.session.get_outputs()) == self.OUTPUTS:
@@ -87,7 +88,7 @@ class BackboneRunner:
         class AllMaps(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.net = Backbone().eval()
+                self.net = Backbone(name=name).eval()
 
             def forward(self, x):
                 f8, f16, f32 = self.net.detector_maps(x, with8=True)

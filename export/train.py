@@ -22,6 +22,13 @@ class TrainConfig:
     # features: held-out AP@0.5 0.956 / 0.951 against 0.960 / 0.948 and 0.943 / 0.944 for one head from seed 0 or 1,
     # bench.photo_search's photos boxed 0.906 / 0.945 against 0.889 / 0.940 and 0.900 / 0.940 (docs/measurements.md, "Two detector heads")
     det_heads: int = 1
+    # the trunks the detector reads (det_heads heads and refiners on each; models.Detector): heads on another
+    # backbone err differently from more heads on the same one. Lite0 + Lite2 against Lite0 alone, the same two
+    # Lite0 heads: held-out precision at the threshold 0.849 -> 0.896 and 0.833 -> 0.875 at recall 0.950 -> 0.952 and
+    # 0.943 -> 0.938, AP@0.5 0.956 -> 0.968 and 0.951 -> 0.956, for 1.6x the detector's time (Lite2 on the first test
+    # scale only: models.SECOND_SCALE_TRUNKS); four Lite0 heads gained nothing (docs/measurements.md, "A second
+    # backbone for the detector")
+    det_backbones: tuple[str, ...] = ("efficientnet-lite0",)
     # channel dropout (dropout2d) on the cached stride-16/32 maps the detector head trains on: the frozen
     # features of a cached scene are the same every epoch, so without it the head learns which channels
     # fire on the ~120 training cutouts. 0.2 took held-out R@1 0.729 -> 0.765 (real photos 0.716 -> 0.780)

@@ -1,5 +1,6 @@
-"""The detector's heads served as their mean (export/models.py: HeadEnsemble, RefinerEnsemble; TrainConfig.det_heads):
-what the mean is, how a build trains the members, how a heads file keeps them, and that the graph exports."""
+"""The detector's heads served as their mean (export/models.py: HeadEnsemble, RefinerEnsemble; TrainConfig.det_heads),
+on one trunk or several (DetectorBackbones; TrainConfig.det_backbones): what the mean is, how a build trains the
+members, how a heads file keeps them, and that the graph exports."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,7 +8,9 @@ import torch
 
 from client import spec
 from export import train
-from export.models import BoxRefiner, Detector, DetectorHead, HeadEnsemble, RefinerEnsemble
+from export.models import LITE0, Backbone, BoxRefiner, Detector, DetectorBackbones, DetectorHead, HeadEnsemble, RefinerEnsemble
+
+LITE2 = "efficientnet-lite2"
 
 
 def _maps(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,14 +49,18 @@ def test_the_refiner_ensemble_moves_a_box_to_the_mean_of_its_refiners_boxes():
     assert not np.allclose(moved[0].numpy(), moved[1].numpy(), atol=1e-4)
 
 
-def _stage_data(n: int = 12) -> SimpleNamespace:
-    """A tiny stand-in for build.TrainingData: random stride-16/32 maps of the real backbone's widths, one box each."""
-    det = Detector(pretrained=False)
+def _stage_data(n: int = 12, trunks: tuple[str, ...] = (LITE0,)) -> SimpleNamespace:
+    """A tiny stand-in for build.TrainingData: random stride-16/32 maps of each trunk's real widths, one box each."""
     rng = np.random.default_rng(0)
     side = spec.DET_SIZE // 16
     boxes = [np.array([[0.1 + 0.02 * i, 0.2, 0.5 + 0.02 * i, 0.7]], np.float32) for i in range(n)]
-    return SimpleNamespace(f16=rng.normal(size=(n, det.backbone.c16, side, side)).astype(np.float16),
-                           f32=rng.normal(size=(n, det.backbone.c32, side // 2, side // 2)).astype(np.float16), f8=None,
+    maps = {}
+    for name in trunks:
+        t = Backbone(pretrained=False, name=name)
+        maps[name] = (rng.normal(size=(n, t.c16, side, side)).astype(np.float16),
+                      rng.normal(size=(n, t.c32, side // 2, side // 2)).astype(np.float16), None)
+    f16, f32, _ = maps[trunks[0]]
+    return SimpleNamespace(f16=f16, f32=f32, f8=None, maps=maps.__getitem__,
                            det=SimpleNamespace(boxes=boxes, val=np.arange(n) >= n - 4))
 
 
@@ -112,3 +119,95 @@ def test_a_heads_file_written_before_the_ensemble_loads_as_one_head():
     assert len(back.head.members) == 1 and len(back.refiner.members) == 1
     assert all(torch.equal(v, head[k]) for k, v in back.head.members[0].state_dict().items())
     assert all(torch.equal(v, refiner[k]) for k, v in back.refiner.members[0].state_dict().items())
+
+
+def test_each_member_of_a_two_trunk_detector_reads_only_its_own_trunks_channels():
+    """DetectorBackbones concatenates its trunks' maps; with its spans, the ensembles give each member its own
+    trunk's channels: the mean of what each member gives on its trunk's maps alone."""
+    torch.manual_seed(0)
+    trunks = DetectorBackbones((LITE0, LITE2), pretrained=False).eval()
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        _, f16, f32 = trunks.detector_maps(x)
+        own = [t.detector_maps(x)[1:] for t in trunks.trunks]
+    assert f16.shape[1] == trunks.c16 == sum(t.c16 for t in trunks.trunks) and f32.shape[1] == trunks.c32
+    assert torch.equal(f16, torch.cat([o[0] for o in own], 1)) and torch.equal(f32, torch.cat([o[1] for o in own], 1))
+    heads = [DetectorHead(t.c16, t.c32, width=16).eval() for t in trunks.trunks]
+    refs = [BoxRefiner(t.c16, t.c32, width=8, hidden=16).eval() for t in trunks.trunks]
+    for r in refs:
+        torch.nn.init.normal_(r.mlp[-1].weight, std=0.05)
+    boxes = torch.tensor([[[0.1, 0.2, 0.5, 0.6]]])
+    with torch.no_grad():
+        heat, size, _ = HeadEnsemble(heads, trunks.spans)(f16, f32)
+        alone = [h(*o) for h, o in zip(heads, own)]
+        moved = RefinerEnsemble(refs, trunks.spans)(f16, f32, boxes)
+        moved_alone = [r(*o, boxes) for r, o in zip(refs, own)]
+    want = (torch.sigmoid(alone[0][0]) + torch.sigmoid(alone[1][0])) / 2
+    np.testing.assert_allclose(torch.sigmoid(heat).numpy(), want.numpy(), atol=1e-6)
+    np.testing.assert_allclose(size.numpy(), ((alone[0][1] + alone[1][1]) / 2).numpy(), atol=1e-6)
+    np.testing.assert_allclose(moved.numpy(), ((moved_alone[0] + moved_alone[1]) / 2).numpy(), atol=1e-6)
+
+
+def test_the_build_trains_each_trunks_heads_on_that_trunks_maps():
+    """build.detector_stage with det_backbones (Lite0, Lite2): the Lite2 member is what a Lite2-only build trains on
+    the Lite2 maps, and the served detector runs both trunks."""
+    from export.build import detector_stage
+
+    data = _stage_data(trunks=(LITE0, LITE2))
+    cfg = dict(det_epochs=1, det_refine_epochs=1, batch=8)
+    log: dict = {}
+    det = detector_stage(data, train.TrainConfig(**cfg, det_backbones=(LITE0, LITE2)), log)
+    assert det.backbone.names == (LITE0, LITE2) and len(det.head.members) == len(det.refiner.members) == 2
+    assert len(log["detector_curve"]) == len(log["detector_val_members"]) == 2 and "ap50" in log["detector_val"]
+    for i, name in enumerate((LITE0, LITE2)):
+        one = detector_stage(data, train.TrainConfig(**cfg, det_backbones=(name,)), {})
+        assert one.backbone.names == (name,)
+        for a, b in ((det.head.members[i], one.head.members[0]), (det.refiner.members[i], one.refiner.members[0])):
+            assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_a_two_trunk_detector_exports_to_onnx_and_its_heads_file_keeps_its_trunks(tmp_path):
+    from export.build import export_detector
+    from export.checkpoint import Heads
+    from export.onnx_export import read_metadata
+
+    torch.manual_seed(0)
+    det = Detector(backbones=(LITE0, LITE2)).eval()  # pretrained trunks, as in the first ONNX test above
+    for h, r in zip(det.head.members, det.refiner.members):
+        torch.nn.init.normal_(h.heatmap.weight, std=0.2)
+        torch.nn.init.normal_(r.mlp[-1].weight, std=0.05)
+    rng = np.random.default_rng(0)
+
+    def img(n, side):
+        return rng.integers(0, 256, (n, 3, side, side), dtype=np.uint8)
+
+    with torch.no_grad():
+        assert export_detector(det, tmp_path / "detector.onnx", img) < 1e-4
+    assert LITE2 in read_metadata(tmp_path / "detector.onnx")["backbone"]
+    Heads(det.head.state_dict(), {}, [], {}, {}, torch.zeros(1), None, {}, det.refiner.state_dict(),
+          detector_backbones=det.backbone.names).save(tmp_path / "heads.pt")
+    back = Heads.load(tmp_path / "heads.pt").detector_model(pretrained=False)
+    assert back.backbone.names == (LITE0, LITE2) and back.head.spans == det.head.spans
+    for a, b in ((back.head, det.head), (back.refiner, det.refiner)):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_the_second_scale_of_a_two_trunk_detector_reads_the_first_trunk_alone():
+    """models.SECOND_SCALE_TRUNKS = 1: the photo (and its mirror) go through both trunks and all four members, the
+    512-px second look through Lite0 and its two members only. Changing the Lite2 members changes the first scale's
+    heatmap, not the second's; the detector's boxes still come from both."""
+    from export.models import SECOND_SCALE_TRUNKS
+
+    assert SECOND_SCALE_TRUNKS == 1
+    torch.manual_seed(0)
+    det = Detector(pretrained=False, heads=2, backbones=(LITE0, LITE2)).eval()
+    assert det.second_trunks == 1 and det.second_members == 2 and Detector(pretrained=False).second_members is None
+    x = torch.randint(0, 256, (1, 3, spec.DET_SIZE, spec.DET_SIZE), dtype=torch.uint8)
+    src = torch.randint(0, 256, (1, 3, spec.CROP_SOURCE_SIZE, spec.CROP_SOURCE_SIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        before = det.scales(x, src)
+        for h in det.head.members[2:]:
+            torch.nn.init.normal_(h.heatmap.weight, std=0.5)
+        after = det.scales(x, src)
+    assert before[1][0].shape[1] == det.backbone.trunks[0].c16  # the second scale's maps: Lite0's channels only
+    assert not torch.equal(before[0][2], after[0][2]) and torch.equal(before[1][2], after[1][2])

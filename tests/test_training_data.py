@@ -101,6 +101,11 @@ def test_heads_round_trip_and_a_missing_or_foreign_file_is_a_clear_error(tmp_pat
     back = Heads.load(tmp_path / "heads.pt")
     assert back.fine_classes == ["a", "b"] and back.merge == heads.merge and back.log == {"profile": "test"}
     assert torch.equal(back.embedder_center, heads.embedder_center) and back.embedder_tuned_head is None
+    assert back.detector_backbones == ("efficientnet-lite0",)  # a detector of one Lite0 trunk, as every file before
+    raw = torch.load(tmp_path / "heads.pt", weights_only=False)
+    del raw["detector_backbones"]  # a file written before the detector had more trunks
+    torch.save(raw, tmp_path / "old.pt")
+    assert Heads.load(tmp_path / "old.pt").detector_backbones == ("efficientnet-lite0",)
     with pytest.raises(CheckpointError, match=r"nothing\.pt: no trained heads"):
         Heads.load(tmp_path / "nothing.pt")
     torch.save({"detector": {}}, tmp_path / "other.pt")
@@ -118,13 +123,13 @@ def test_the_feature_cache_holds_stride8_maps_only_for_a_detector_that_reads_the
 
     cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=2, catalog_views=2)
     sources = dataset.load_sources(cfg)
-    det, _, f16, f32, _, _, f8 = build.features(cfg, sources, tmp_path)
+    det, _, f16, f32, _, _, f8, more = build.features(cfg, sources, tmp_path)
     n = len(det.val)
-    assert f8 is None and f16.shape[0] == f32.shape[0] == n
+    assert f8 is None and f16.shape[0] == f32.shape[0] == n and more == {}
     plain = sorted(tmp_path.glob("features_*.npz"))
     assert len(plain) == 1 and "f8" not in np.load(plain[0]).files
     monkeypatch.setattr(models, "STRIDE8", True)
-    _, _, g16, _, _, _, g8 = build.features(cfg, sources, tmp_path)
+    _, _, g16, _, _, _, g8, _ = build.features(cfg, sources, tmp_path)
     side = g16.shape[-1] * 2
     assert g8.shape == (n, models.Backbone(pretrained=False).c8, side, side) and np.array_equal(g16, f16)
     with8 = sorted(tmp_path.glob("features_*.npz"))
@@ -148,3 +153,27 @@ def test_the_feature_cache_is_keyed_by_the_input_sides(tmp_path, monkeypatch):
     monkeypatch.setattr(spec, "DET_SIZE", spec.DET_SIZE + 64)
     g16 = build.features(cfg, sources, tmp_path)[2]
     assert g16.shape[-1] == spec.DET_SIZE // 16 and sorted(tmp_path.glob("features_*.npz")) != first
+
+
+def test_the_feature_cache_holds_each_detector_trunks_maps(tmp_path):
+    """A detector on two trunks (TrainConfig.det_backbones) trains each trunk's heads on that trunk's maps of the same
+    scenes: export.build.features makes the second trunk's maps in a file of their own next to the Lite0 cache (the
+    scenes generated again when that cache is already there), leaves the Lite0 maps as they were, and reads both
+    caches on the next call."""
+    from export import build, models
+
+    lite2 = "efficientnet-lite2"
+    cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=2, catalog_views=2)
+    sources = dataset.load_sources(cfg)
+    det, _, f16, f32, _, _, _, more = build.features(cfg, sources, tmp_path)
+    assert more == {}
+    *_, more = build.features(cfg, sources, tmp_path, (models.LITE0, lite2))
+    trunk = models.Backbone(pretrained=False, name=lite2)
+    g16, g32, g8 = more[lite2]
+    assert g8 is None and g16.shape == (len(det.val), trunk.c16, *f16.shape[-2:])
+    assert g32.shape == (len(det.val), trunk.c32, *f32.shape[-2:]) and trunk.c16 != f16.shape[1]
+    extra = sorted(tmp_path.glob(f"features_*_{lite2}.npz"))
+    assert len(extra) == 1 and len(list(tmp_path.glob("features_*.npz"))) == 2
+    stamp = extra[0].stat().st_mtime_ns
+    _, _, h16, _, _, _, _, again = build.features(cfg, sources, tmp_path, (models.LITE0, lite2))
+    assert np.array_equal(h16, f16) and np.array_equal(again[lite2][0], g16) and extra[0].stat().st_mtime_ns == stamp
