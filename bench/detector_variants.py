@@ -72,9 +72,10 @@ class Variant:
     def __init__(self, det, name):
         self.d, self.name = det, name
 
-    def refine(self, maps, boxes, steps):
+    def refine(self, maps, boxes, steps, members=None):
+        """``members``: the second scale's (Detector.second_members: its maps hold only the first trunks)."""
         for _ in range(steps):
-            boxes = self.d.refiner(maps[0], maps[1], boxes, maps[5])
+            boxes = self.d.refiner(maps[0], maps[1], boxes, maps[5], members)
         return boxes
 
     @torch.no_grad()
@@ -83,16 +84,16 @@ class Variant:
         assert d.second_scale and d.refiner is not None, "the served detector's settings"
         first, second = d.scales(x, src)
         if v == "all-on-second":  # every box refined on the second scale's maps, no last step
-            b1, s1 = decode_peaks(*first[2:], d.k)
-            b1 = self.refine(second, b1, d.refine_steps)
+            b1, s1 = decode_peaks(*first[2:5], d.k)
+            b1 = self.refine(second, b1, d.refine_steps, d.second_members)
         else:
             b1, s1 = d._boxes(*first)
-        b2, s2 = d._boxes(*second)
+        b2, s2 = d._boxes(*second, members=d.second_members)
         boxes, scores = merge_boxes(b1, s1, b2, s2 * d.second_weight, d.k)
         if v in ("no-last-step", "all-on-second"):
             return boxes, scores
         if v in ("shipped", "last-twice"):  # on the second scale's maps
-            return self.refine(second, boxes, d.merged_refine_steps if v == "shipped" else 2), scores
+            return self.refine(second, boxes, d.merged_refine_steps if v == "shipped" else 2, d.second_members), scores
         if v == "last-on-320":
             return self.refine(first, boxes, 1), scores
         if v.startswith("last-at-"):  # a third backbone pass at that side, used only for the last step

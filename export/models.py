@@ -134,6 +134,15 @@ def take(span: tuple[tuple[int, int], ...] | None, f16: torch.Tensor, f32: torch
     return f16[:, a16:b16], f32[:, a32:b32], (f8[:, a8:b8] if f8 is not None else None)
 
 
+def member_spans(members: list, spans: list | None) -> list:
+    """An ensemble's per-member spans (``take``): one per member, or None for each (every member reads all maps)."""
+    if spans is None:
+        return [None] * len(members)
+    if len(spans) != len(members):
+        raise ValueError(f"{len(spans)} channel spans for {len(members)} ensemble members")
+    return list(spans)
+
+
 class DetectorHead(nn.Module):
     """Centre heatmap + box size + sub-cell offset over fused stride-16/32 features; with ``c8`` the stride-8 maps
     join too, each 2x2 block of them read by a 2x2 stride-2 conv into its stride-16 cell (finer detail for small
@@ -254,7 +263,7 @@ class HeadEnsemble(nn.Module):
     def __init__(self, members: list[DetectorHead], spans: list | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.spans = list(spans) if spans is not None else [None] * len(members)
+        self.spans = member_spans(members, spans)
 
     def forward(self, f16: torch.Tensor, f32: torch.Tensor, f8: torch.Tensor | None = None, members: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -274,7 +283,7 @@ class RefinerEnsemble(nn.Module):
     def __init__(self, members: list[BoxRefiner], spans: list | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.spans = list(spans) if spans is not None else [None] * len(members)
+        self.spans = member_spans(members, spans)
 
     def forward(self, f16: torch.Tensor, f32: torch.Tensor, boxes: torch.Tensor, f8: torch.Tensor | None = None,
                 members: int | None = None) -> torch.Tensor:
@@ -374,6 +383,8 @@ class Detector(nn.Module):
         self.head = HeadEnsemble([DetectorHead(t.c16, t.c32, c8=t.c8 if stride8 else 0) for t in trunks], spans)
         self.refiner = RefinerEnsemble([BoxRefiner(t.c16, t.c32, c8=t.c8 if stride8 else 0) for t in trunks], spans) if refine else None
         # the second scale's trunks (the first ``second_trunks``) and their members; None: all of them
+        if second_trunks < 1:
+            raise ValueError(f"second_trunks must be at least 1, not {second_trunks}")
         self.second_trunks = second_trunks if second_trunks < len(backbones) else None
         self.second_members = heads * second_trunks if self.second_trunks else None
         self.k = k

@@ -4,6 +4,7 @@ members, how a heads file keeps them, and that the graph exports."""
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from client import spec
@@ -82,6 +83,12 @@ def test_the_build_trains_each_head_as_a_one_head_build_with_its_own_seed():
             assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     a, b = (m.state_dict()["heatmap.weight"] for m in det.head.members)
     assert not torch.equal(a, b)  # two seeds, two heads
+    x16, x32 = torch.from_numpy(data.f16[:2]).float(), torch.from_numpy(data.f32[:2]).float()
+    with torch.no_grad():  # the served head is the mean of both (not the first alone)
+        want = sum(torch.sigmoid(m(x16, x32)[0]) for m in det.head.members) / 2
+        np.testing.assert_allclose(torch.sigmoid(det.head(x16, x32)[0]).numpy(), want.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="3 channel spans for 2 ensemble members"):
+        HeadEnsemble(list(det.head.members), [None] * 3)
 
 
 def test_a_two_head_detector_exports_to_onnx_and_loads_back_from_its_heads(tmp_path):
@@ -154,16 +161,19 @@ def test_the_build_trains_each_trunks_heads_on_that_trunks_maps():
     from export.build import detector_stage
 
     data = _stage_data(trunks=(LITE0, LITE2))
-    cfg = dict(det_epochs=1, det_refine_epochs=1, batch=8)
+    cfg = dict(det_epochs=1, det_refine_epochs=1, batch=8, det_heads=2)
     log: dict = {}
     det = detector_stage(data, train.TrainConfig(**cfg, det_backbones=(LITE0, LITE2)), log)
-    assert det.backbone.names == (LITE0, LITE2) and len(det.head.members) == len(det.refiner.members) == 2
-    assert len(log["detector_curve"]) == len(log["detector_val_members"]) == 2 and "ap50" in log["detector_val"]
-    for i, name in enumerate((LITE0, LITE2)):
+    assert det.backbone.names == (LITE0, LITE2) and len(det.head.members) == len(det.refiner.members) == 4
+    assert det.head.spans == det.refiner.spans == [det.backbone.spans[j // 2] for j in range(4)]
+    assert len(log["detector_curve"]) == len(log["detector_val_members"]) == 4
+    for t, name in enumerate((LITE0, LITE2)):
         one = detector_stage(data, train.TrainConfig(**cfg, det_backbones=(name,)), {})
-        assert one.backbone.names == (name,)
-        for a, b in ((det.head.members[i], one.head.members[0]), (det.refiner.members[i], one.refiner.members[0])):
-            assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+        assert one.backbone.names == (name,) and len(one.head.members) == 2
+        for i in range(2):  # member 2t + i: seed i on trunk t, as that trunk's own build trains it
+            pairs = ((det.head.members[2 * t + i], one.head.members[i]), (det.refiner.members[2 * t + i], one.refiner.members[i]))
+            for a, b in pairs:
+                assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
 def test_a_two_trunk_detector_exports_to_onnx_and_its_heads_file_keeps_its_trunks(tmp_path):
