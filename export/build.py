@@ -84,6 +84,16 @@ class TrainingData:
         return np.array([fine.index(self.sources.products[p].fine_class) for p in self.crops.product])
 
 
+def write_cache(path: Path, stale, **arrays: np.ndarray) -> None:
+    """``arrays`` saved to ``path`` (through a temporary file, so an interrupted write leaves no half cache), after
+    deleting the ``stale`` caches it replaces."""
+    for old in list(stale):
+        old.unlink()
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
     """Generated data and its frozen-backbone features, cached in build_dir by a key of everything that
     decides them (config, product ids, background names, DATA_VERSION, the input sides): a retrain with other head or
@@ -117,14 +127,11 @@ def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
         maps = runner.run(det.images, desc="detector features", outputs=map_names)
         f8, f16, f32 = maps if STRIDE8 else (None, *maps)
         c32, pooled = runner.run(crops.crops, batch=64, desc="crop features", outputs=("f32", "pooled"))
-        for old in build_dir.glob("features_*.npz"):
-            if not old.name.startswith(f"features_{key}_"):  # this key's other trunks' maps stay
-                old.unlink()
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, boxes=np.concatenate(det.boxes).reshape(-1, 4), box_counts=np.array([len(b) for b in det.boxes]),
-                 det_val=det.val, product=crops.product, is_catalog=crops.is_catalog, crop_val=crops.val,
-                 f16=f16, f32=f32, c32=c32, pooled=pooled, **({"f8": f8} if STRIDE8 else {}))
-        tmp.replace(path)
+        # every other cache goes, but this key's other trunks' maps stay
+        stale = [p for p in build_dir.glob("features_*.npz") if not p.name.startswith(f"features_{key}_")]
+        write_cache(path, stale, boxes=np.concatenate(det.boxes).reshape(-1, 4), box_counts=np.array([len(b) for b in det.boxes]),
+                    det_val=det.val, product=crops.product, is_catalog=crops.is_catalog, crop_val=crops.val,
+                    f16=f16, f32=f32, c32=c32, pooled=pooled, **({"f8": f8} if STRIDE8 else {}))
         out = (det, crops, f16, f32, c32, pooled, f8)
     more = {}
     for name in (b for b in backbones if b != LITE0):
@@ -139,11 +146,7 @@ def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
                 images = again.images
             runner = dataset.BackboneRunner(build_dir / f"backbone_{name}.onnx", name)
             maps = dict(zip(map_names, runner.run(images, desc=f"detector features ({name})", outputs=map_names)))
-            for old in build_dir.glob(f"features_*_{name}.npz"):
-                old.unlink()
-            tmp = extra.with_suffix(".tmp.npz")
-            np.savez(tmp, **maps)
-            tmp.replace(extra)
+            write_cache(extra, build_dir.glob(f"features_*_{name}.npz"), **maps)
         else:
             print(f"using cached {name} features {extra}")
         z = np.load(extra)
@@ -214,15 +217,12 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
                     log["refiner_curve"].append(train.train_refiner(one.refiner, f16, f32, data.det.boxes, proposals,
                                                                     train_idx, cfg, f8=f8))
                 members.append(one)
-        det = members[0]
-        if len(tcfg.det_backbones) > 1:  # one detector running every trunk, its members each reading their own
-            det = Detector(refine=det.refiner is not None, stride8=det.stride8, heads=tcfg.det_heads,
-                           backbones=tuple(tcfg.det_backbones))
-        if len(members) > 1:  # the detector holding every member's head and refiner (each on its trunk's channels)
-            spans = det.head.spans if len(tcfg.det_backbones) > 1 else None
-            det.head = HeadEnsemble([one.head.members[0] for one in members], spans)
-            if det.refiner is not None:
-                det.refiner = RefinerEnsemble([one.refiner.members[0] for one in members], spans)
+        # one detector running every trunk and holding every member's head and refiner, each on its trunk's channels
+        det = Detector(refine=members[0].refiner is not None, stride8=members[0].stride8, heads=tcfg.det_heads,
+                       backbones=tuple(tcfg.det_backbones))
+        det.head = HeadEnsemble([one.head.members[0] for one in members], det.head.spans)
+        if det.refiner is not None:
+            det.refiner = RefinerEnsemble([one.refiner.members[0] for one in members], det.refiner.spans)
         det.eval()
     val_idx = np.where(data.det.val)[0]
     gt = [data.det.boxes[i] for i in val_idx]
@@ -244,8 +244,7 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
     print("detector (validation scenes):", log["detector_val"])
     if len(det.head.members) > 1:  # each head alone (on its own trunk's maps), to show what their mean adds
         refiners = det.refiner.members if det.refiner is not None else [None] * len(det.head.members)
-        per_trunk = len(det.head.members) // len(names)
-        log["detector_val_members"] = [validate(h, r, (names[j // per_trunk],))
+        log["detector_val_members"] = [validate(h, r, (names[j // det.heads_per_trunk],))
                                        for j, (h, r) in enumerate(zip(det.head.members, refiners))]
         print("  each head alone, AP@0.5:", [m["ap50"] for m in log["detector_val_members"]])
     return det

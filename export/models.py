@@ -54,7 +54,6 @@ class Backbone(nn.Module):
 
     def __init__(self, *, pretrained: bool = True, name: str = LITE0) -> None:
         super().__init__()
-        self.name = name
         net = load_backbone(pretrained, name)
         self.norm = Normalize()
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
@@ -141,6 +140,13 @@ def member_spans(members: list, spans: list | None) -> list:
     if len(spans) != len(members):
         raise ValueError(f"{len(spans)} channel spans for {len(members)} ensemble members")
     return list(spans)
+
+
+def each_member(ensemble: nn.Module, f16: torch.Tensor, f32: torch.Tensor, f8: torch.Tensor | None, members: int | None):
+    """(member, its (f16, f32, f8)) of a HeadEnsemble or RefinerEnsemble: each member with its own trunk's channels
+    (``take``), the first ``members`` only when given."""
+    for m, span in list(zip(ensemble.members, ensemble.spans))[:members]:
+        yield m, take(span, f16, f32, f8)
 
 
 class DetectorHead(nn.Module):
@@ -268,7 +274,7 @@ class HeadEnsemble(nn.Module):
     def forward(self, f16: torch.Tensor, f32: torch.Tensor, f8: torch.Tensor | None = None, members: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``members``: the mean of the first ones only (on maps of the first trunks only: Detector's second scale)."""
-        outs = [m(*take(span, f16, f32, f8)) for m, span in list(zip(self.members, self.spans))[:members]]
+        outs = [m(*maps) for m, maps in each_member(self, f16, f32, f8, members)]
         if len(outs) == 1:
             return outs[0]
         heat = torch.stack([o[0] for o in outs])  # the logit of the mean probability: log(mean p) - log(mean (1 - p))
@@ -287,10 +293,7 @@ class RefinerEnsemble(nn.Module):
 
     def forward(self, f16: torch.Tensor, f32: torch.Tensor, boxes: torch.Tensor, f8: torch.Tensor | None = None,
                 members: int | None = None) -> torch.Tensor:
-        moved = []
-        for m, span in list(zip(self.members, self.spans))[:members]:
-            g16, g32, g8 = take(span, f16, f32, f8)
-            moved.append(m(g16, g32, boxes, g8))
+        moved = [m(g16, g32, boxes, g8) for m, (g16, g32, g8) in each_member(self, f16, f32, f8, members)]
         return moved[0] if len(moved) == 1 else torch.stack(moved).mean(0)
 
 
@@ -377,6 +380,7 @@ class Detector(nn.Module):
                  second_from_source: bool = SECOND_FROM_SOURCE, heads: int = 1,
                  backbones: tuple[str, ...] = (LITE0,), second_trunks: int = SECOND_SCALE_TRUNKS) -> None:
         super().__init__()
+        self.heads_per_trunk = heads
         self.backbone = freeze(DetectorBackbones(tuple(backbones), pretrained=pretrained))
         trunks = [t for t in self.backbone.trunks for _ in range(heads)]
         spans = [s for s in self.backbone.spans for _ in range(heads)] if len(backbones) > 1 else None
