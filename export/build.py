@@ -99,7 +99,8 @@ def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
     decides them (config, product ids, background names, DATA_VERSION, the input sides): a retrain with other head or
     loss settings, or a build that was interrupted after this stage, starts from the cache. The Lite0 maps are in
     ``features_<key>.npz``; the detector maps of each other trunk in ``backbones`` in ``features_<key>_<trunk>.npz``
-    (the scenes are generated again to make one that is missing: the same config gives the same scenes)."""
+    (the scenes, without the crops, are generated again to make one that is missing: the same config gives the same
+    scenes)."""
     from export import dataset
     from export.models import LITE0, STRIDE8
 
@@ -139,7 +140,7 @@ def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
         if not extra.exists():
             if images is None:
                 print(f"generating the scenes again for the {name} maps (not in {extra.name})")
-                again = dataset.generate(dcfg, sources)[0]
+                again = dataset.generate(dcfg, sources, with_crops=False)[0]
                 if not np.array_equal(np.concatenate(again.boxes).reshape(-1, 4), np.concatenate(out[0].boxes).reshape(-1, 4)):
                     raise RuntimeError(f"the scenes generated again differ from the ones cached in {path.name} (another "
                                        "machine or library version?): delete it to make both caches anew")
@@ -193,9 +194,12 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
     seed_stage(tcfg, "detector")
     if old and spec.DETECTOR.name not in retrain:
         det = old.detector_model()
-        log["detector_curve"] = old.log.get("detector_curve")
-        if "refiner_curve" in old.log:
-            log["refiner_curve"] = old.log["refiner_curve"]
+        for k in ("detector_curve", "refiner_curve", "detector_val", "detector_val_members"):
+            if k in old.log:
+                log[k] = old.log[k]
+        if "detector_val" in old.log:  # validated by the build that trained it: no other trunk's maps are needed
+            print("detector (kept; validation scenes, from the build that trained it):", log["detector_val"])
+            return det
     else:
         from export.models import Detector, HeadEnsemble, RefinerEnsemble
 
@@ -385,7 +389,12 @@ def train_heads(dcfg: "dataset.DataConfig", tcfg: "train.TrainConfig", build_dir
 
     t0 = time.time()
     keep_detector = old is not None and spec.DETECTOR.name not in retrain
-    data = prepare_data(dcfg, build_dir, log, old.detector_backbones if keep_detector else tcfg.det_backbones)
+    # a kept detector brings its validation from its own build (detector_stage), so its other trunks' maps are not
+    # loaded (nor made if missing) unless its heads file is older than that log entry
+    trunks = tcfg.det_backbones
+    if keep_detector:
+        trunks = () if "detector_val" in old.log else old.detector_backbones
+    data = prepare_data(dcfg, build_dir, log, trunks)
     det = detector_stage(data, tcfg, log, old, retrain)
     cls = classifier_stage(data, tcfg, log, old, retrain)
     emb = embedder_stage(data, tcfg, cls.merge, log, old, retrain)

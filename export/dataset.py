@@ -158,12 +158,14 @@ def _jitter(box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndar
     return np.clip(box + d, 0, 1).astype(np.float32)
 
 
-def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData]:
-    """Scenes for the detector, and crops (scene objects + catalog views) for classifier and embedder."""
+def generate(cfg: DataConfig, sources: Sources, with_crops: bool = True) -> tuple[DetectorData, CropData | None]:
+    """Scenes for the detector, and crops (scene objects + catalog views) for classifier and embedder.
+    ``with_crops=False`` gives the same scenes without cutting or rendering any crop (CropData None): it draws
+    the same random numbers, so the scenes do not change."""
     rng = np.random.default_rng(cfg.seed + 1)
     bgs = Backgrounds(sources.train_backgrounds)
     index = {p.product_id: i for i, p in enumerate(sources.products)}
-    cutter = CropCutter()
+    cutter = CropCutter() if with_crops else None
     det_images, det_boxes, det_val = [], [], []
     crops, crop_prod, crop_cat, crop_val = [], [], [], []
     n_val = int(cfg.scenes * cfg.val_fraction)
@@ -175,14 +177,20 @@ def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData]
         det_images.append(det[0]); det_boxes.append(boxes); det_val.append(is_val)
         if len(boxes):
             jittered = np.stack([_jitter(b, rng, 0.06) for b in boxes])
-            crops.append(cutter(src, size, jittered))
+            if with_crops:
+                crops.append(cutter(src, size, jittered))
             crop_prod += [index[o.product_id] for o in scene.objects]
             crop_cat += [False] * len(boxes)
             crop_val += [is_val] * len(boxes)
     # catalog views: every product on white, for the detector (random scale) and for the crop models
-    for j, p in enumerate(tqdm(sources.products, desc="catalog", unit="product")):
+    for j, p in enumerate(tqdm(sources.products, desc="catalog", unit="product", disable=not with_crops)):
         for v in range(3):
-            img, box = p.catalog_image_and_box(side=320, margin=float(rng.uniform(0.04, 0.2)))
+            margin = float(rng.uniform(0.04, 0.2))
+            if not with_crops:  # only the random numbers a view draws (_jitter draws four whatever the box)
+                if v:
+                    _jitter(np.zeros(4, np.float32), rng, 0.05)
+                continue
+            img, box = p.catalog_image_and_box(side=320, margin=margin)
             det, src, size = imaging.letterbox(img)
             b = _norm(box, size)
             views = np.stack([b if v == 0 else _jitter(b, rng, 0.05)])
@@ -201,5 +209,7 @@ def generate(cfg: DataConfig, sources: Sources) -> tuple[DetectorData, CropData]
         det, src, size = imaging.letterbox(img)
         det_images.append(det[0]); det_boxes.append(_norm(box, size)[None]); det_val.append(False)
     detector = DetectorData(np.stack(det_images), det_boxes, np.array(det_val))
+    if not with_crops:
+        return detector, None
     crop_data = CropData(np.concatenate(crops), np.array(crop_prod), np.array(crop_cat), np.array(crop_val))
     return detector, crop_data

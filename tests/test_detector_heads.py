@@ -1,6 +1,7 @@
 """The detector's heads served as their mean (export/models.py: HeadEnsemble, RefinerEnsemble; TrainConfig.det_heads),
 on one trunk or several (DetectorBackbones; TrainConfig.det_backbones): what the mean is, how a build trains the
 members, how a heads file keeps them, and that the graph exports."""
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -221,3 +222,70 @@ def test_the_second_scale_of_a_two_trunk_detector_reads_the_first_trunk_alone():
         after = det.scales(x, src)
     assert before[1][0].shape[1] == det.backbone.trunks[0].c16  # the second scale's maps: Lite0's channels only
     assert not torch.equal(before[0][2], after[0][2]) and torch.equal(before[1][2], after[1][2])
+
+
+def test_a_kept_detector_brings_its_validation_and_needs_no_maps(monkeypatch):
+    """--retrain of another head keeps the detector: build.detector_stage takes its curves and validation from the
+    heads file's log instead of validating again, so train_heads loads no trunk's detector maps for it (a two-trunk
+    detector's second trunk costs 1.2 GB of maps, made again if missing)."""
+    from export import build
+    from export.checkpoint import Heads
+
+    torch.manual_seed(0)
+    kept = Detector(pretrained=False, heads=2, backbones=(LITE0, LITE2)).eval()
+    val = {"ap50": 0.9, "recall_at_threshold": 0.8}
+    log = {"detector_curve": [[1.0]], "detector_val": val, "detector_val_members": [val] * 4}
+    old = Heads(kept.head.state_dict(), {}, [], {}, {}, torch.zeros(1), None, log, kept.refiner.state_dict(),
+                detector_backbones=kept.backbone.names)
+
+    class NoMaps:  # a TrainingData whose maps must not be read
+        def maps(self, name):
+            raise AssertionError(f"the kept detector read the {name} maps")
+
+    got: dict = {}
+    det = build.detector_stage(NoMaps(), train.TrainConfig(det_backbones=(LITE0, LITE2)), got, old, retrain=("classifier",))
+    assert det.backbone.names == (LITE0, LITE2) and got["detector_val"] == val and got["detector_val_members"] == [val] * 4
+    assert all(torch.equal(v, kept.head.state_dict()[k]) for k, v in det.head.state_dict().items())
+
+    class Loaded(Exception):
+        pass
+
+    def prepare_data(dcfg, build_dir, log, backbones):  # what train_heads asks prepare_data to load, then stop
+        raise Loaded(tuple(backbones))
+
+    monkeypatch.setattr(build, "prepare_data", prepare_data)
+    cfg = train.TrainConfig(det_backbones=(LITE0,))
+    for retrain, heads, want in ((("classifier",), old, ()), (("detector",), old, (LITE0,)), ((), None, (LITE0,)),
+                                 (("embedder",), replace(old, log={}), (LITE0, LITE2))):  # no validation logged: made
+        with pytest.raises(Loaded) as got_trunks:
+            build.train_heads(None, cfg, None, {}, heads, retrain)
+        assert got_trunks.value.args[0] == want
+
+
+def test_with_stride8_maps_each_trunks_member_reads_its_own_stride8_channels():
+    """A two-trunk detector that reads stride-8 maps (models.STRIDE8, off in the shipped build): the concatenated
+    stride-8 maps are sliced per trunk like the others, so each head and refiner sees only its trunk's three maps."""
+    torch.manual_seed(0)
+    trunks = DetectorBackbones((LITE0, LITE2), pretrained=False).eval()
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        f8, f16, f32 = trunks.detector_maps(x, with8=True)
+        own = [t.detector_maps(x, True) for t in trunks.trunks]
+    assert f8.shape[1] == trunks.c8 == sum(t.c8 for t in trunks.trunks) and torch.equal(f8, torch.cat([o[0] for o in own], 1))
+    heads = [DetectorHead(t.c16, t.c32, width=16, c8=t.c8).eval() for t in trunks.trunks]
+    refs = [BoxRefiner(t.c16, t.c32, width=8, hidden=16, c8=t.c8).eval() for t in trunks.trunks]
+    for h, r in zip(heads, refs):
+        torch.nn.init.normal_(h.lat8.weight, std=0.5)  # the stride-8 maps move the output
+        torch.nn.init.normal_(r.mlp[-1].weight, std=0.05)
+    boxes = torch.tensor([[[0.1, 0.2, 0.5, 0.6]]])
+    with torch.no_grad():
+        heat, size, _ = HeadEnsemble(heads, trunks.spans)(f16, f32, f8)
+        alone = [h(o[1], o[2], o[0]) for h, o in zip(heads, own)]
+        moved = RefinerEnsemble(refs, trunks.spans)(f16, f32, boxes, f8)
+        moved_alone = [r(o[1], o[2], boxes, o[0]) for r, o in zip(refs, own)]
+        without8 = heads[0](own[0][1], own[0][2], torch.zeros_like(own[0][0]))
+    assert not torch.allclose(without8[0], alone[0][0])  # the stride-8 maps are read at all
+    want = (torch.sigmoid(alone[0][0]) + torch.sigmoid(alone[1][0])) / 2
+    np.testing.assert_allclose(torch.sigmoid(heat).numpy(), want.numpy(), atol=1e-6)
+    np.testing.assert_allclose(size.numpy(), ((alone[0][1] + alone[1][1]) / 2).numpy(), atol=1e-6)
+    np.testing.assert_allclose(moved.numpy(), ((moved_alone[0] + moved_alone[1]) / 2).numpy(), atol=1e-6)

@@ -91,6 +91,19 @@ def test_detector_scenes_leave_the_crops_as_they_were():
     assert np.array_equal(det0.images[:4], det1.images[:4])
 
 
+def test_the_scenes_alone_are_the_scenes_made_with_the_crops():
+    """generate(with_crops=False), which makes another trunk's maps for cached scenes, gives the same scenes (images,
+    boxes, split) without cutting or rendering a crop."""
+    sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
+    sources.products = sources.products[:6]
+    cfg = dataset.DataConfig(synthetic_per_class=1, scenes=5, detector_scenes=2, catalog_views=3)
+    det, crops = dataset.generate(cfg, sources)
+    alone, none = dataset.generate(cfg, sources, with_crops=False)
+    assert none is None and len(crops.product) > 0
+    assert np.array_equal(det.images, alone.images) and np.array_equal(det.val, alone.val)
+    assert all(np.array_equal(a, b) for a, b in zip(det.boxes, alone.boxes, strict=True))
+
+
 def test_heads_round_trip_and_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
     torch = pytest.importorskip("torch")
     from export.checkpoint import CheckpointError, Heads
