@@ -94,6 +94,19 @@ def write_cache(path: Path, stale, **arrays: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def features_key(dcfg, sources) -> str:
+    """The key of the generated data: its config, product ids, background names, DATA_VERSION and the input sides."""
+    from export.models import STRIDE8
+
+    decides = {"data": asdict(dcfg), "products": [p.product_id for p in sources.products],
+               "backgrounds": [p.name for p in sources.train_backgrounds], "version": DATA_VERSION}
+    if STRIDE8:  # the detector's stride-8 maps are cached too (a key of its own; without them the key is unchanged)
+        decides["stride8"] = True
+    if input_sides() != KEYLESS_SIZES:  # images of other sides are other features: a key of their own
+        decides["sizes"] = input_sides()
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
     """Generated data and its frozen-backbone features, cached in build_dir by a key of everything that
     decides them (config, product ids, background names, DATA_VERSION, the input sides): a retrain with other head or
@@ -104,13 +117,7 @@ def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
     from export import dataset
     from export.models import LITE0, STRIDE8
 
-    decides = {"data": asdict(dcfg), "products": [p.product_id for p in sources.products],
-               "backgrounds": [p.name for p in sources.train_backgrounds], "version": DATA_VERSION}
-    if STRIDE8:  # the detector's stride-8 maps are cached too (a key of its own; without them the key is unchanged)
-        decides["stride8"] = True
-    if input_sides() != KEYLESS_SIZES:  # images of other sides are other features: a key of their own
-        decides["sizes"] = input_sides()
-    key = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
+    key = features_key(dcfg, sources)
     path = build_dir / f"features_{key}.npz"
     map_names = ("f8", "f16", "f32") if STRIDE8 else ("f16", "f32")
     images = None
@@ -155,8 +162,10 @@ def features(dcfg, sources, build_dir: Path, backbones: tuple[str, ...] = ()):
     return (*out, more)
 
 
-def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict, backbones: tuple[str, ...] = ()) -> TrainingData:
-    """The training data and its cached features (``backbones``: the detector's trunks, whose maps are loaded too)."""
+def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict, backbones: tuple[str, ...] = (),
+                 validated_on: str | None = None) -> TrainingData:
+    """The training data and its cached features (``backbones``: the detector's trunks, whose maps are loaded too,
+    unless ``validated_on`` is this data's key: a kept detector already validated on these scenes by its build)."""
     from export import dataset
 
     sources = dataset.load_sources(dcfg)
@@ -166,6 +175,10 @@ def prepare_data(dcfg: "dataset.DataConfig", build_dir: Path, log: dict, backbon
           f"{len(sources.fine_classes)} fine classes, {len(set(sources.merge.values()))} categories, "
           f"{len(sources.train_backgrounds)} background photos "
           f"({'photoset ' + dcfg.photoset if dcfg.photoset else 'generated only'})")
+    log["data"]["features_key"] = key = features_key(dcfg, sources)
+    if validated_on == key:
+        print("the kept detector was validated on these scenes by its build: no detector trunk's maps are loaded")
+        backbones = ()
     data = TrainingData(sources, *features(dcfg, sources, build_dir, backbones))
     log["data"]["counts"] = {"products": len(sources.products), "detector_images": int(len(data.det.val)),
                              "crops": int(len(data.crops.product)), "background_photos": len(sources.train_backgrounds),
@@ -194,10 +207,11 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
     seed_stage(tcfg, "detector")
     if old and spec.DETECTOR.name not in retrain:
         det = old.detector_model()
-        for k in ("detector_curve", "refiner_curve", "detector_val", "detector_val_members"):
+        log["detector_curve"] = old.log.get("detector_curve")
+        for k in ("refiner_curve", "detector_val", "detector_val_members"):
             if k in old.log:
                 log[k] = old.log[k]
-        if "detector_val" in old.log:  # validated by the build that trained it: no other trunk's maps are needed
+        if kept_validation(old, log) is not None:  # validated on these scenes by its build: no maps are needed
             print("detector (kept; validation scenes, from the build that trained it):", log["detector_val"])
             return det
     else:
@@ -383,18 +397,25 @@ def embedder_stage(data: TrainingData, tcfg: "train.TrainConfig", merge_map: dic
     return emb
 
 
+def kept_validation(old: "Heads", log: dict | None = None) -> str | None:
+    """The data key on which a kept detector's logged validation was made (by the build that trained it), or None
+    if it has none; with ``log``, only if that key is also this build's (prepare_data wrote it)."""
+    key = old.log.get("data", {}).get("features_key") if "detector_val" in old.log else None
+    if log is not None and key != log.get("data", {}).get("features_key"):
+        return None
+    return key
+
+
 def train_heads(dcfg: "dataset.DataConfig", tcfg: "train.TrainConfig", build_dir: Path, log: dict,
                 old: "Heads | None" = None, retrain: tuple[str, ...] = ()) -> "Heads":
     from export.checkpoint import Heads
 
     t0 = time.time()
     keep_detector = old is not None and spec.DETECTOR.name not in retrain
-    # a kept detector brings its validation from its own build (detector_stage), so its other trunks' maps are not
-    # loaded (nor made if missing) unless its heads file is older than that log entry
-    trunks = tcfg.det_backbones
-    if keep_detector:
-        trunks = () if "detector_val" in old.log else old.detector_backbones
-    data = prepare_data(dcfg, build_dir, log, trunks)
+    # a kept detector validated on the same data by its own build brings that validation (detector_stage), so its
+    # trunks' maps are not loaded (nor made if missing); on other data it is validated again
+    data = prepare_data(dcfg, build_dir, log, old.detector_backbones if keep_detector else tcfg.det_backbones,
+                        kept_validation(old) if keep_detector else None)
     det = detector_stage(data, tcfg, log, old, retrain)
     cls = classifier_stage(data, tcfg, log, old, retrain)
     emb = embedder_stage(data, tcfg, cls.merge, log, old, retrain)

@@ -224,42 +224,50 @@ def test_the_second_scale_of_a_two_trunk_detector_reads_the_first_trunk_alone():
     assert not torch.equal(before[0][2], after[0][2]) and torch.equal(before[1][2], after[1][2])
 
 
-def test_a_kept_detector_brings_its_validation_and_needs_no_maps(monkeypatch):
-    """--retrain of another head keeps the detector: build.detector_stage takes its curves and validation from the
-    heads file's log instead of validating again, so train_heads loads no trunk's detector maps for it (a two-trunk
-    detector's second trunk costs 1.2 GB of maps, made again if missing)."""
+def test_a_kept_detector_brings_its_validation_from_the_same_data_and_needs_no_maps(monkeypatch):
+    """--retrain of another head keeps the detector: if its build validated it on the same data (the same features
+    key in both logs), build.detector_stage takes its curves and validation from the heads file's log instead of
+    validating again, so train_heads asks prepare_data for no trunk's maps (a two-trunk detector's second trunk costs
+    1.2 GB of maps, made again if missing). On other data, or without a logged key, it is validated again."""
     from export import build
     from export.checkpoint import Heads
 
     torch.manual_seed(0)
     kept = Detector(pretrained=False, heads=2, backbones=(LITE0, LITE2)).eval()
     val = {"ap50": 0.9, "recall_at_threshold": 0.8}
-    log = {"detector_curve": [[1.0]], "detector_val": val, "detector_val_members": [val] * 4}
+    log = {"data": {"features_key": "k1"}, "detector_curve": [[1.0]], "refiner_curve": [[2.0]], "detector_val": val,
+           "detector_val_members": [val] * 4}
     old = Heads(kept.head.state_dict(), {}, [], {}, {}, torch.zeros(1), None, log, kept.refiner.state_dict(),
                 detector_backbones=kept.backbone.names)
+    monkeypatch.setattr(Heads, "detector_model", lambda self: kept)
 
     class NoMaps:  # a TrainingData whose maps must not be read
+        det = SimpleNamespace(val=np.array([True]), boxes=[np.zeros((0, 4), np.float32)])
+
         def maps(self, name):
             raise AssertionError(f"the kept detector read the {name} maps")
 
-    got: dict = {}
+    got: dict = {"data": {"features_key": "k1"}}
     det = build.detector_stage(NoMaps(), train.TrainConfig(det_backbones=(LITE0, LITE2)), got, old, retrain=("classifier",))
-    assert det.backbone.names == (LITE0, LITE2) and got["detector_val"] == val and got["detector_val_members"] == [val] * 4
-    assert all(torch.equal(v, kept.head.state_dict()[k]) for k, v in det.head.state_dict().items())
+    assert det is kept and got["detector_val"] == val and got["detector_val_members"] == [val] * 4
+    assert got["detector_curve"] == [[1.0]] and got["refiner_curve"] == [[2.0]]
+    with pytest.raises(AssertionError, match="read the efficientnet-lite0 maps"):  # other data: validated again
+        build.detector_stage(NoMaps(), train.TrainConfig(), {"data": {"features_key": "k2"}}, old, retrain=("classifier",))
 
     class Loaded(Exception):
         pass
 
-    def prepare_data(dcfg, build_dir, log, backbones):  # what train_heads asks prepare_data to load, then stop
-        raise Loaded(tuple(backbones))
+    def prepare_data(dcfg, build_dir, log, backbones, validated_on=None):  # what train_heads asks for, then stop
+        raise Loaded(tuple(backbones), validated_on)
 
     monkeypatch.setattr(build, "prepare_data", prepare_data)
     cfg = train.TrainConfig(det_backbones=(LITE0,))
-    for retrain, heads, want in ((("classifier",), old, ()), (("detector",), old, (LITE0,)), ((), None, (LITE0,)),
-                                 (("embedder",), replace(old, log={}), (LITE0, LITE2))):  # no validation logged: made
-        with pytest.raises(Loaded) as got_trunks:
+    no_key = replace(old, log={k: v for k, v in log.items() if k != "data"})
+    for retrain, heads, want in ((("classifier",), old, ((LITE0, LITE2), "k1")), (("detector",), old, ((LITE0,), None)),
+                                 ((), None, ((LITE0,), None)), (("embedder",), no_key, ((LITE0, LITE2), None))):
+        with pytest.raises(Loaded) as asked:
             build.train_heads(None, cfg, None, {}, heads, retrain)
-        assert got_trunks.value.args[0] == want
+        assert asked.value.args == want
 
 
 def test_with_stride8_maps_each_trunks_member_reads_its_own_stride8_channels():

@@ -91,13 +91,18 @@ def test_detector_scenes_leave_the_crops_as_they_were():
     assert np.array_equal(det0.images[:4], det1.images[:4])
 
 
-def test_the_scenes_alone_are_the_scenes_made_with_the_crops():
+def test_the_scenes_alone_are_the_scenes_made_with_the_crops(monkeypatch):
     """generate(with_crops=False), which makes another trunk's maps for cached scenes, gives the same scenes (images,
     boxes, split) without cutting or rendering a crop."""
     sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
     sources.products = sources.products[:6]
     cfg = dataset.DataConfig(synthetic_per_class=1, scenes=5, detector_scenes=2, catalog_views=3)
     det, crops = dataset.generate(cfg, sources)
+
+    def no_cutter():
+        raise AssertionError("a crop cutter was made")
+
+    monkeypatch.setattr(dataset, "CropCutter", no_cutter)
     alone, none = dataset.generate(cfg, sources, with_crops=False)
     assert none is None and len(crops.product) > 0
     assert np.array_equal(det.images, alone.images) and np.array_equal(det.val, alone.val)
@@ -190,3 +195,21 @@ def test_the_feature_cache_holds_each_detector_trunks_maps(tmp_path):
     stamp = extra[0].stat().st_mtime_ns
     _, _, h16, _, _, _, _, again = build.features(cfg, sources, tmp_path, (models.LITE0, lite2))
     assert np.array_equal(h16, f16) and np.array_equal(again[lite2][0], g16) and extra[0].stat().st_mtime_ns == stamp
+
+
+def test_data_a_kept_detector_was_validated_on_loads_no_trunk_maps(tmp_path):
+    """prepare_data logs its data's features key; given that key as ``validated_on`` (a kept detector validated on
+    these scenes by its build), it neither loads nor makes another trunk's maps."""
+    from export import build, models
+
+    lite2 = "efficientnet-lite2"
+    cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=2, catalog_views=2)
+    log: dict = {"data": {}}
+    data = build.prepare_data(cfg, tmp_path, log, (models.LITE0, lite2), validated_on="another key")
+    key = log["data"]["features_key"]
+    assert len(key) == 16 and set(data.more_maps) == {lite2}
+    for f in tmp_path.glob(f"features_*_{lite2}.npz"):
+        f.unlink()
+    again = build.prepare_data(cfg, tmp_path, {"data": {}}, (models.LITE0, lite2), validated_on=key)
+    assert again.more_maps == {} and not list(tmp_path.glob(f"features_*_{lite2}.npz"))
+    assert np.array_equal(again.f16, data.f16)
