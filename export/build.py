@@ -211,7 +211,8 @@ def detector_stage(data: TrainingData, tcfg: "train.TrainConfig", log: dict, old
         for k in ("refiner_curve", "detector_val", "detector_val_members"):
             if k in old.log:
                 log[k] = old.log[k]
-        if kept_validation(old, log) is not None:  # validated on these scenes by its build: no maps are needed
+        key = kept_validation(old)
+        if key is not None and key == log.get("data", {}).get("features_key"):  # validated on these scenes: no maps needed
             print("detector (kept; validation scenes, from the build that trained it):", log["detector_val"])
             return det
     else:
@@ -397,13 +398,10 @@ def embedder_stage(data: TrainingData, tcfg: "train.TrainConfig", merge_map: dic
     return emb
 
 
-def kept_validation(old: "Heads", log: dict | None = None) -> str | None:
+def kept_validation(old: "Heads") -> str | None:
     """The data key on which a kept detector's logged validation was made (by the build that trained it), or None
-    if it has none; with ``log``, only if that key is also this build's (prepare_data wrote it)."""
-    key = old.log.get("data", {}).get("features_key") if "detector_val" in old.log else None
-    if log is not None and key != log.get("data", {}).get("features_key"):
-        return None
-    return key
+    if it has none."""
+    return old.log.get("data", {}).get("features_key") if "detector_val" in old.log else None
 
 
 def train_heads(dcfg: "dataset.DataConfig", tcfg: "train.TrainConfig", build_dir: Path, log: dict,

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from client import spec
 from client.imaging import box_iou
-from export.models import BoxRefiner, DetectorHead, decode_topk
+from export.models import LITE0, BoxRefiner, DetectorHead, decode_topk
 
 
 @dataclass
@@ -28,7 +28,7 @@ class TrainConfig:
     # 0.943 -> 0.938, AP@0.5 0.956 -> 0.968 and 0.951 -> 0.956, for 1.6x the detector's time (Lite2 on the first test
     # scale only: models.SECOND_SCALE_TRUNKS); four Lite0 heads gained nothing (docs/measurements.md, "A second
     # backbone for the detector")
-    det_backbones: tuple[str, ...] = ("efficientnet-lite0",)
+    det_backbones: tuple[str, ...] = (LITE0,)
     # channel dropout (dropout2d) on the cached stride-16/32 maps the detector head trains on: the frozen
     # features of a cached scene are the same every epoch, so without it the head learns which channels
     # fire on the ~120 training cutouts. 0.2 took held-out R@1 0.729 -> 0.765 (real photos 0.716 -> 0.780)
