@@ -6,6 +6,10 @@ onnxruntime (6x faster than eager torch on this CPU) and the heads train on the 
 from __future__ import annotations
 
 import hashlib
+import mmap
+import multiprocessing
+import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +132,11 @@ class CropCutter:
     """Runs the served crop graph, so training crops are exactly the crops the server makes."""
 
     def __init__(self) -> None:
-        self.session = ort.InferenceSession(build_crop_model().SerializeToString(), providers=["CPUExecutionProvider"])
+        # one thread: a crop is little work, and a second thread only spins, taking the core that draws the
+        # detector-only scenes meanwhile (DetectorScenes); the crops are the same
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(build_crop_model().SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, src: np.ndarray, size: np.ndarray, boxes_norm: np.ndarray) -> np.ndarray:
         out = []
@@ -158,12 +166,72 @@ def _jitter(box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndar
     return np.clip(box + d, 0, 1).astype(np.float32)
 
 
+def detector_scenes(cfg: DataConfig, sources: Sources, out: np.ndarray, position: int = 0) -> list[np.ndarray]:
+    """``cfg.detector_scenes`` scenes of varied products and pseudo-objects (scenes.detector_scene) from their own
+    random stream (seed + 2): their detector images are written into ``out`` [n, 3, DET, DET], their boxes returned."""
+    vrng = np.random.default_rng(cfg.seed + 2)
+    bgs = Backgrounds(sources.train_backgrounds)
+    boxes = []
+    for i in tqdm(range(cfg.detector_scenes), desc="detector scenes", unit="scene", position=position):
+        scene = detector_scene(sources.products, bgs, vrng)
+        det, _, size = imaging.letterbox(scene.image)
+        out[i] = det[0]
+        boxes.append(_scene_boxes(scene, size))
+    return boxes
+
+
+FORK_MIN_SCENES = 100  # fewer detector scenes are drawn in this process: a fork costs more than they do
+
+
+class DetectorScenes:
+    """``detector_scenes`` drawn in a forked process while the caller draws the other scenes (both are single-threaded
+    image work; on 2 cores this takes ~4.5 min off a quick build), into memory shared with it. Where fork is not
+    available, on one core, or for fewer than FORK_MIN_SCENES, they are drawn in this process when ``result`` is called. The scenes
+    are the same either way: their random stream is their own."""
+
+    def __init__(self, cfg: DataConfig, sources: Sources) -> None:
+        self.cfg, self.sources, self.proc = cfg, sources, None
+        n, side = cfg.detector_scenes, spec.DET_SIZE
+        self.buffer = mmap.mmap(-1, max(1, n * 3 * side * side))  # anonymous and shared: the child's writes are seen here
+        self.images = np.frombuffer(self.buffer, np.uint8, n * 3 * side * side).reshape(n, 3, side, side)
+        if n >= FORK_MIN_SCENES and (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            ctx = multiprocessing.get_context("fork")
+            self.conn, child = ctx.Pipe(duplex=False)
+            self.proc = ctx.Process(target=self._child, args=(child,), daemon=True)
+            self.proc.start()
+            child.close()
+
+    def _child(self, conn) -> None:
+        try:
+            conn.send(("ok", detector_scenes(self.cfg, self.sources, self.images, position=1)))
+        except BaseException:  # noqa: BLE001 - the parent raises it
+            conn.send(("error", traceback.format_exc()))
+        finally:
+            conn.close()
+
+    def result(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(images [n, 3, DET, DET], boxes), waiting for the other process if there is one."""
+        if self.proc is None:
+            return self.images, detector_scenes(self.cfg, self.sources, self.images)
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:  # it died without a word (killed, out of memory)
+            self.proc.join()
+            status, payload = "error", f"the process drawing them exited with code {self.proc.exitcode}"
+        self.proc.join()
+        if status != "ok":
+            raise RuntimeError(f"drawing the detector scenes failed:\n{payload}")
+        return self.images, payload
+
+
 def generate(cfg: DataConfig, sources: Sources, with_crops: bool = True) -> tuple[DetectorData, CropData | None]:
     """Scenes for the detector, and crops (scene objects + catalog views) for classifier and embedder.
     ``with_crops=False`` gives the same scenes without cutting or rendering any crop (CropData None): it draws
     the same random numbers, so the scenes do not change."""
     rng = np.random.default_rng(cfg.seed + 1)
     bgs = Backgrounds(sources.train_backgrounds)
+    # detector-only scenes come from their own random stream, so another process draws them meanwhile
+    others = DetectorScenes(cfg, sources)
     index = {p.product_id: i for i, p in enumerate(sources.products)}
     cutter = CropCutter() if with_crops else None
     det_images, det_boxes, det_val = [], [], []
@@ -179,9 +247,9 @@ def generate(cfg: DataConfig, sources: Sources, with_crops: bool = True) -> tupl
             jittered = np.stack([_jitter(b, rng, 0.06) for b in boxes])
             if with_crops:
                 crops.append(cutter(src, size, jittered))
-            crop_prod += [index[o.product_id] for o in scene.objects]
-            crop_cat += [False] * len(boxes)
-            crop_val += [is_val] * len(boxes)
+                crop_prod += [index[o.product_id] for o in scene.objects]
+                crop_cat += [False] * len(boxes)
+                crop_val += [is_val] * len(boxes)
     # catalog views: every product on white, for the detector (random scale) and for the crop models
     for j, p in enumerate(tqdm(sources.products, desc="catalog", unit="product", disable=not with_crops)):
         for v in range(3):
@@ -196,18 +264,17 @@ def generate(cfg: DataConfig, sources: Sources, with_crops: bool = True) -> tupl
             views = np.stack([b if v == 0 else _jitter(b, rng, 0.05)])
             crops.append(cutter(src, size, views))
             crop_prod.append(j); crop_cat.append(True); crop_val.append(False)
-    # detector-only scenes, from their own random stream: the scenes above (and so the crops) do not change
-    vrng = np.random.default_rng(cfg.seed + 2)
-    for _ in tqdm(range(cfg.detector_scenes), desc="detector scenes", unit="scene"):
-        scene = detector_scene(sources.products, bgs, vrng)
-        det, _, size = imaging.letterbox(scene.image)
-        det_images.append(det[0]); det_val.append(False)
-        det_boxes.append(_scene_boxes(scene, size))
     for _ in range(cfg.catalog_views):
         p = sources.products[int(rng.integers(len(sources.products)))]
         img, box = p.catalog_image_and_box(side=int(rng.integers(240, 520)), margin=float(rng.uniform(0.02, 0.3)))
         det, src, size = imaging.letterbox(img)
         det_images.append(det[0]); det_boxes.append(_norm(box, size)[None]); det_val.append(False)
+    # the detector-only scenes go before the catalog views, as when they were drawn in this process
+    n_main = len(det_images) - cfg.catalog_views
+    more_images, more_boxes = others.result()
+    det_images[n_main:n_main] = list(more_images)
+    det_boxes[n_main:n_main] = more_boxes
+    det_val[n_main:n_main] = [False] * len(more_boxes)
     detector = DetectorData(np.stack(det_images), det_boxes, np.array(det_val))
     if not with_crops:
         return detector, None

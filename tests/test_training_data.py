@@ -91,6 +91,44 @@ def test_detector_scenes_leave_the_crops_as_they_were():
     assert np.array_equal(det0.images[:4], det1.images[:4])
 
 
+def test_detector_scenes_drawn_in_another_process_are_the_same(monkeypatch):
+    """The build draws the detector-only scenes in a forked process while it draws the others (own random stream):
+    the images, boxes, split and crops are those drawn in one process, in the same order."""
+    sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
+    sources.products = sources.products[:6]
+    cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=5, catalog_views=3)
+    made = {}
+    for name, fork_min in (("here", 10 ** 9), ("forked", 1)):
+        monkeypatch.setattr(dataset, "FORK_MIN_SCENES", fork_min)
+        forks = []
+        real = dataset.DetectorScenes.__init__
+
+        def spy(self, *a, **k):
+            real(self, *a, **k)
+            forks.append(self.proc is not None)
+        monkeypatch.setattr(dataset.DetectorScenes, "__init__", spy)
+        made[name] = dataset.generate(cfg, sources)
+        monkeypatch.setattr(dataset.DetectorScenes, "__init__", real)
+        assert forks == [name == "forked"]
+    (d0, c0), (d1, c1) = made["here"], made["forked"]
+    assert np.array_equal(d0.images, d1.images) and np.array_equal(d0.val, d1.val)
+    assert [b.tolist() for b in d0.boxes] == [b.tolist() for b in d1.boxes]
+    assert np.array_equal(c0.crops, c1.crops) and np.array_equal(c0.product, c1.product)
+    assert len(d1.images) == 4 + 5 + 3 and d1.images[4:9].any()
+
+
+def test_a_failure_drawing_the_detector_scenes_elsewhere_is_raised(monkeypatch):
+    sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
+    sources.products = sources.products[:6]
+    monkeypatch.setattr(dataset, "FORK_MIN_SCENES", 1)
+
+    def broken(*a, **k):
+        raise OSError("no such background: beach.jpg")
+    monkeypatch.setattr(dataset, "detector_scene", broken)
+    with pytest.raises(RuntimeError, match="drawing the detector scenes failed(.|\n)*no such background: beach.jpg"):
+        dataset.generate(dataset.DataConfig(synthetic_per_class=1, scenes=2, detector_scenes=3, catalog_views=1), sources)
+
+
 def test_the_scenes_alone_are_the_scenes_made_with_the_crops(monkeypatch):
     """generate(with_crops=False), which makes another trunk's maps for cached scenes, gives the same scenes (images,
     boxes, split) without cutting or rendering a crop."""
