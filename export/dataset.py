@@ -185,7 +185,8 @@ FORK_MIN_SCENES = 100  # fewer detector scenes are drawn in this process: a fork
 
 class DetectorScenes:
     """``detector_scenes`` drawn in a forked process while the caller draws the other scenes (both are single-threaded
-    image work; on 2 cores this takes ~4.5 min off a quick build), into memory shared with it. Where fork is not
+    image work; on 2 cores this took 3.6 min off a quick build, docs/measurements.md, "Twenty-ninth round"), into memory
+    shared with it. Where fork is not
     available, on one core, or for fewer than FORK_MIN_SCENES, they are drawn in this process when ``result`` is called. The scenes
     are the same either way: their random stream is their own."""
 
