@@ -180,6 +180,12 @@ def detector_scenes(cfg: DataConfig, sources: Sources, out: np.ndarray, position
     return boxes
 
 
+def can_fork() -> bool:
+    """Whether a second process can draw scenes beside this one: ``fork`` exists and this process may use 2+ CPUs."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpus > 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
 FORK_MIN_SCENES = 100  # fewer detector scenes are drawn in this process: a fork costs more than they do
 
 
@@ -195,7 +201,7 @@ class DetectorScenes:
         n, side = cfg.detector_scenes, spec.DET_SIZE
         self.buffer = mmap.mmap(-1, max(1, n * 3 * side * side))  # anonymous and shared: the child's writes are seen here
         self.images = np.frombuffer(self.buffer, np.uint8, n * 3 * side * side).reshape(n, 3, side, side)
-        if n >= FORK_MIN_SCENES and (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        if n >= FORK_MIN_SCENES and can_fork():
             ctx = multiprocessing.get_context("fork")
             self.conn, child = ctx.Pipe(duplex=False)
             self.proc = ctx.Process(target=self._child, args=(child,), daemon=True)
@@ -203,6 +209,7 @@ class DetectorScenes:
             child.close()
 
     def _child(self, conn) -> None:
+        self.conn.close()  # the parent's end: were it left open here, a parent gone before reading would not be noticed
         try:
             conn.send(("ok", detector_scenes(self.cfg, self.sources, self.images, position=1)))
         except BaseException:  # noqa: BLE001 - the parent raises it
@@ -224,6 +231,12 @@ class DetectorScenes:
             raise RuntimeError(f"drawing the detector scenes failed:\n{payload}")
         return self.images, payload
 
+    def close(self) -> None:
+        """Stops the other process if it is still drawing (the caller failed before ``result``)."""
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join()
+
 
 def generate(cfg: DataConfig, sources: Sources, with_crops: bool = True) -> tuple[DetectorData, CropData | None]:
     """Scenes for the detector, and crops (scene objects + catalog views) for classifier and embedder.
@@ -233,46 +246,49 @@ def generate(cfg: DataConfig, sources: Sources, with_crops: bool = True) -> tupl
     bgs = Backgrounds(sources.train_backgrounds)
     # detector-only scenes come from their own random stream, so another process draws them meanwhile
     others = DetectorScenes(cfg, sources)
-    index = {p.product_id: i for i, p in enumerate(sources.products)}
-    cutter = CropCutter() if with_crops else None
-    det_images, det_boxes, det_val = [], [], []
-    crops, crop_prod, crop_cat, crop_val = [], [], [], []
-    n_val = int(cfg.scenes * cfg.val_fraction)
-    for i in tqdm(range(cfg.scenes), desc="scenes", unit="scene"):
-        scene = make_scene(sources.products, bgs, rng)
-        det, src, size = imaging.letterbox(scene.image)
-        boxes = _scene_boxes(scene, size)
-        is_val = i < n_val
-        det_images.append(det[0]); det_boxes.append(boxes); det_val.append(is_val)
-        if len(boxes):
-            jittered = np.stack([_jitter(b, rng, 0.06) for b in boxes])
-            if with_crops:
-                crops.append(cutter(src, size, jittered))
-                crop_prod += [index[o.product_id] for o in scene.objects]
-                crop_cat += [False] * len(boxes)
-                crop_val += [is_val] * len(boxes)
-    # catalog views: every product on white, for the detector (random scale) and for the crop models
-    for j, p in enumerate(tqdm(sources.products, desc="catalog", unit="product", disable=not with_crops)):
-        for v in range(3):
-            margin = float(rng.uniform(0.04, 0.2))
-            if not with_crops:  # only the random numbers a view draws (_jitter draws four whatever the box)
-                if v:
-                    _jitter(np.zeros(4, np.float32), rng, 0.05)
-                continue
-            img, box = p.catalog_image_and_box(side=320, margin=margin)
+    try:
+        index = {p.product_id: i for i, p in enumerate(sources.products)}
+        cutter = CropCutter() if with_crops else None
+        det_images, det_boxes, det_val = [], [], []
+        crops, crop_prod, crop_cat, crop_val = [], [], [], []
+        n_val = int(cfg.scenes * cfg.val_fraction)
+        for i in tqdm(range(cfg.scenes), desc="scenes", unit="scene"):
+            scene = make_scene(sources.products, bgs, rng)
+            det, src, size = imaging.letterbox(scene.image)
+            boxes = _scene_boxes(scene, size)
+            is_val = i < n_val
+            det_images.append(det[0]); det_boxes.append(boxes); det_val.append(is_val)
+            if len(boxes):
+                jittered = np.stack([_jitter(b, rng, 0.06) for b in boxes])
+                if with_crops:
+                    crops.append(cutter(src, size, jittered))
+                    crop_prod += [index[o.product_id] for o in scene.objects]
+                    crop_cat += [False] * len(boxes)
+                    crop_val += [is_val] * len(boxes)
+        # catalog views: every product on white, for the detector (random scale) and for the crop models
+        for j, p in enumerate(tqdm(sources.products, desc="catalog", unit="product", disable=not with_crops)):
+            for v in range(3):
+                margin = float(rng.uniform(0.04, 0.2))
+                if not with_crops:  # only the random numbers a view draws (_jitter draws four whatever the box)
+                    if v:
+                        _jitter(np.zeros(4, np.float32), rng, 0.05)
+                    continue
+                img, box = p.catalog_image_and_box(side=320, margin=margin)
+                det, src, size = imaging.letterbox(img)
+                b = _norm(box, size)
+                views = np.stack([b if v == 0 else _jitter(b, rng, 0.05)])
+                crops.append(cutter(src, size, views))
+                crop_prod.append(j); crop_cat.append(True); crop_val.append(False)
+        for _ in range(cfg.catalog_views):
+            p = sources.products[int(rng.integers(len(sources.products)))]
+            img, box = p.catalog_image_and_box(side=int(rng.integers(240, 520)), margin=float(rng.uniform(0.02, 0.3)))
             det, src, size = imaging.letterbox(img)
-            b = _norm(box, size)
-            views = np.stack([b if v == 0 else _jitter(b, rng, 0.05)])
-            crops.append(cutter(src, size, views))
-            crop_prod.append(j); crop_cat.append(True); crop_val.append(False)
-    for _ in range(cfg.catalog_views):
-        p = sources.products[int(rng.integers(len(sources.products)))]
-        img, box = p.catalog_image_and_box(side=int(rng.integers(240, 520)), margin=float(rng.uniform(0.02, 0.3)))
-        det, src, size = imaging.letterbox(img)
-        det_images.append(det[0]); det_boxes.append(_norm(box, size)[None]); det_val.append(False)
-    # the detector-only scenes go before the catalog views, as when they were drawn in this process
-    n_main = len(det_images) - cfg.catalog_views
-    more_images, more_boxes = others.result()
+            det_images.append(det[0]); det_boxes.append(_norm(box, size)[None]); det_val.append(False)
+        # the detector-only scenes go before the catalog views, as when they were drawn in this process
+        n_main = len(det_images) - cfg.catalog_views
+        more_images, more_boxes = others.result()
+    finally:
+        others.close()
     det_images[n_main:n_main] = list(more_images)
     det_boxes[n_main:n_main] = more_boxes
     det_val[n_main:n_main] = [False] * len(more_boxes)

@@ -91,6 +91,10 @@ def test_detector_scenes_leave_the_crops_as_they_were():
     assert np.array_equal(det0.images[:4], det1.images[:4])
 
 
+needs_fork = pytest.mark.skipif(not dataset.can_fork(), reason="needs fork and 2+ usable CPUs")
+
+
+@needs_fork
 def test_detector_scenes_drawn_in_another_process_are_the_same(monkeypatch):
     """The build draws the detector-only scenes in a forked process while it draws the others (own random stream):
     the images, boxes, split and crops are those drawn in one process, in the same order."""
@@ -117,6 +121,7 @@ def test_detector_scenes_drawn_in_another_process_are_the_same(monkeypatch):
     assert len(d1.images) == 4 + 5 + 3 and d1.images[4:9].any()
 
 
+@needs_fork
 def test_a_failure_drawing_the_detector_scenes_elsewhere_is_raised(monkeypatch):
     sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
     sources.products = sources.products[:6]
@@ -127,6 +132,23 @@ def test_a_failure_drawing_the_detector_scenes_elsewhere_is_raised(monkeypatch):
     monkeypatch.setattr(dataset, "detector_scene", broken)
     with pytest.raises(RuntimeError, match="drawing the detector scenes failed(.|\n)*no such background: beach.jpg"):
         dataset.generate(dataset.DataConfig(synthetic_per_class=1, scenes=2, detector_scenes=3, catalog_views=1), sources)
+
+
+@needs_fork
+def test_a_build_that_fails_first_stops_the_other_process(monkeypatch):
+    """The build's own scenes fail while the other process still draws: it is stopped, not left running."""
+    import multiprocessing
+
+    sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
+    sources.products = sources.products[:6]
+    monkeypatch.setattr(dataset, "FORK_MIN_SCENES", 1)
+
+    def broken(*a, **k):
+        raise OSError("cannot read background.jpg")
+    monkeypatch.setattr(dataset, "make_scene", broken)
+    with pytest.raises(OSError, match="background.jpg"):
+        dataset.generate(dataset.DataConfig(synthetic_per_class=1, scenes=2, detector_scenes=400, catalog_views=1), sources)
+    assert not multiprocessing.active_children()
 
 
 def test_the_scenes_alone_are_the_scenes_made_with_the_crops(monkeypatch):
