@@ -190,11 +190,10 @@ FORK_MIN_SCENES = 100  # fewer detector scenes are drawn in this process: a fork
 
 
 class DetectorScenes:
-    """``detector_scenes`` drawn in a forked process while the caller draws the other scenes (both are single-threaded
-    image work; on 2 cores this took 3.6 min off a quick build, docs/measurements.md, "Twenty-ninth round"), into memory
-    shared with it. Where fork is not
-    available, on one core, or for fewer than FORK_MIN_SCENES, they are drawn in this process when ``result`` is called. The scenes
-    are the same either way: their random stream is their own."""
+    """``detector_scenes`` drawn in a forked process, into memory shared with it, while the caller draws the other
+    scenes (both are single-threaded image work; on 2 cores this took 3.6 min off a quick build, docs/measurements.md,
+    "Twenty-ninth round"). Where ``can_fork`` says no, or for fewer than FORK_MIN_SCENES, they are drawn in this
+    process when ``result`` is called. The scenes are the same either way: their random stream is their own."""
 
     def __init__(self, cfg: DataConfig, sources: Sources) -> None:
         self.cfg, self.sources, self.proc = cfg, sources, None
@@ -224,11 +223,10 @@ class DetectorScenes:
         try:
             status, payload = self.conn.recv()
         except EOFError:  # it died without a word (killed, out of memory)
-            self.proc.join()
-            status, payload = "error", f"the process drawing them exited with code {self.proc.exitcode}"
+            status, payload = "error", None
         self.proc.join()
         if status != "ok":
-            raise RuntimeError(f"drawing the detector scenes failed:\n{payload}")
+            raise RuntimeError(f"drawing the detector scenes failed:\n{payload or f'the process drawing them exited with code {self.proc.exitcode}'}")
         return self.images, payload
 
     def close(self) -> None:

@@ -101,19 +101,18 @@ def test_detector_scenes_drawn_in_another_process_are_the_same(monkeypatch):
     sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
     sources.products = sources.products[:6]
     cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=5, catalog_views=3)
+    forks = []
+
+    class Spy(dataset.DetectorScenes):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            forks.append(self.proc is not None)
+    monkeypatch.setattr(dataset, "DetectorScenes", Spy)
     made = {}
     for name, fork_min in (("here", 10 ** 9), ("forked", 1)):
         monkeypatch.setattr(dataset, "FORK_MIN_SCENES", fork_min)
-        forks = []
-        real = dataset.DetectorScenes.__init__
-
-        def spy(self, *a, **k):
-            real(self, *a, **k)
-            forks.append(self.proc is not None)
-        monkeypatch.setattr(dataset.DetectorScenes, "__init__", spy)
         made[name] = dataset.generate(cfg, sources)
-        monkeypatch.setattr(dataset.DetectorScenes, "__init__", real)
-        assert forks == [name == "forked"]
+    assert forks == [False, True]
     (d0, c0), (d1, c1) = made["here"], made["forked"]
     assert np.array_equal(d0.images, d1.images) and np.array_equal(d0.val, d1.val)
     assert [b.tolist() for b in d0.boxes] == [b.tolist() for b in d1.boxes]
@@ -122,21 +121,13 @@ def test_detector_scenes_drawn_in_another_process_are_the_same(monkeypatch):
 
 
 @needs_fork
-def test_a_failure_drawing_the_detector_scenes_elsewhere_is_raised(monkeypatch):
-    sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
-    sources.products = sources.products[:6]
-    monkeypatch.setattr(dataset, "FORK_MIN_SCENES", 1)
-
-    def broken(*a, **k):
-        raise OSError("no such background: beach.jpg")
-    monkeypatch.setattr(dataset, "detector_scene", broken)
-    with pytest.raises(RuntimeError, match="drawing the detector scenes failed(.|\n)*no such background: beach.jpg"):
-        dataset.generate(dataset.DataConfig(synthetic_per_class=1, scenes=2, detector_scenes=3, catalog_views=1), sources)
-
-
-@needs_fork
-def test_a_build_that_fails_first_stops_the_other_process(monkeypatch):
-    """The build's own scenes fail while the other process still draws: it is stopped, not left running."""
+@pytest.mark.parametrize("where, error, match, n_detector", [
+    # the other process fails: its error is raised here, with its traceback
+    ("detector_scene", RuntimeError, "drawing the detector scenes failed(.|\n)*no such background: beach.jpg", 3),
+    # the build's own scenes fail while the other process still draws: it is stopped, not left running
+    ("make_scene", OSError, "no such background: beach.jpg", 400),
+])
+def test_a_failure_on_either_side_is_raised_and_leaves_no_process(monkeypatch, where, error, match, n_detector):
     import multiprocessing
 
     sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
@@ -144,10 +135,10 @@ def test_a_build_that_fails_first_stops_the_other_process(monkeypatch):
     monkeypatch.setattr(dataset, "FORK_MIN_SCENES", 1)
 
     def broken(*a, **k):
-        raise OSError("cannot read background.jpg")
-    monkeypatch.setattr(dataset, "make_scene", broken)
-    with pytest.raises(OSError, match="background.jpg"):
-        dataset.generate(dataset.DataConfig(synthetic_per_class=1, scenes=2, detector_scenes=400, catalog_views=1), sources)
+        raise OSError("no such background: beach.jpg")
+    monkeypatch.setattr(dataset, where, broken)
+    with pytest.raises(error, match=match):
+        dataset.generate(dataset.DataConfig(synthetic_per_class=1, scenes=2, detector_scenes=n_detector, catalog_views=1), sources)
     assert not multiprocessing.active_children()
 
 
