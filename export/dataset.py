@@ -131,11 +131,12 @@ class CropData:
 class CropCutter:
     """Runs the served crop graph, so training crops are exactly the crops the server makes."""
 
-    def __init__(self) -> None:
-        # one thread: a crop is little work, and a second thread only spins, taking the core that draws the
-        # detector-only scenes meanwhile (DetectorScenes); the crops are the same
+    def __init__(self, threads: int = 1) -> None:
+        # one thread while another process draws the detector-only scenes (DetectorScenes): a second thread
+        # spins and takes that process's core. generate cuts the catalog views on two, once that process is
+        # done (one cut: 73 ms on one thread, 43 ms on two). The crops are the same on any number of threads.
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
+        opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(build_crop_model().SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, src: np.ndarray, size: np.ndarray, boxes_norm: np.ndarray) -> np.ndarray:
@@ -263,6 +264,13 @@ def generate(cfg: DataConfig, sources: Sources, with_crops: bool = True) -> tupl
                     crop_prod += [index[o.product_id] for o in scene.objects]
                     crop_cat += [False] * len(boxes)
                     crop_val += [is_val] * len(boxes)
+        # the detector-only scenes go before the catalog views, as when they were drawn in this process. They are
+        # collected here, so the views are cut on both cores: the other process draws no crops and is usually
+        # done by now (3,000 scenes: 4:23 against 6:06 for these)
+        n_main = len(det_images)
+        more_images, more_boxes = others.result()
+        if with_crops and others.proc is not None:
+            cutter = CropCutter(threads=2)
         # catalog views: every product on white, for the detector (random scale) and for the crop models
         for j, p in enumerate(tqdm(sources.products, desc="catalog", unit="product", disable=not with_crops)):
             for v in range(3):
@@ -282,9 +290,6 @@ def generate(cfg: DataConfig, sources: Sources, with_crops: bool = True) -> tupl
             img, box = p.catalog_image_and_box(side=int(rng.integers(240, 520)), margin=float(rng.uniform(0.02, 0.3)))
             det, src, size = imaging.letterbox(img)
             det_images.append(det[0]); det_boxes.append(_norm(box, size)[None]); det_val.append(False)
-        # the detector-only scenes go before the catalog views, as when they were drawn in this process
-        n_main = len(det_images) - cfg.catalog_views
-        more_images, more_boxes = others.result()
     finally:
         others.close()
     det_images[n_main:n_main] = list(more_images)

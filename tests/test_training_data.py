@@ -96,23 +96,30 @@ needs_fork = pytest.mark.skipif(not dataset.can_fork(), reason="needs fork and 2
 
 @needs_fork
 def test_detector_scenes_drawn_in_another_process_are_the_same(monkeypatch):
-    """The build draws the detector-only scenes in a forked process while it draws the others (own random stream):
-    the images, boxes, split and crops are those drawn in one process, in the same order."""
+    """The build draws the detector-only scenes in a forked process while it draws the others (own random stream),
+    then cuts the catalog views on two threads: the images, boxes, split and crops are those drawn in one process
+    on one thread, in the same order."""
     sources = dataset.load_sources(dataset.DataConfig(synthetic_per_class=1))
     sources.products = sources.products[:6]
     cfg = dataset.DataConfig(synthetic_per_class=1, scenes=4, detector_scenes=5, catalog_views=3)
-    forks = []
+    forks, made_on = [], []
 
     class Spy(dataset.DetectorScenes):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             forks.append(self.proc is not None)
+
+    class Cutter(dataset.CropCutter):
+        def __init__(self, threads: int = 1):
+            super().__init__(threads)
+            made_on.append(threads)
     monkeypatch.setattr(dataset, "DetectorScenes", Spy)
+    monkeypatch.setattr(dataset, "CropCutter", Cutter)
     made = {}
     for name, fork_min in (("here", 10 ** 9), ("forked", 1)):
         monkeypatch.setattr(dataset, "FORK_MIN_SCENES", fork_min)
         made[name] = dataset.generate(cfg, sources)
-    assert forks == [False, True]
+    assert forks == [False, True] and made_on == [1, 1, 2]  # the cutters' threads
     (d0, c0), (d1, c1) = made["here"], made["forked"]
     assert np.array_equal(d0.images, d1.images) and np.array_equal(d0.val, d1.val)
     assert [b.tolist() for b in d0.boxes] == [b.tolist() for b in d1.boxes]
