@@ -117,11 +117,10 @@ def photos(folder: Path | None) -> list[Path]:
     if folder is None:
         folder = OUT / "photos" / "queries"
         if not any(folder.glob("*.jpg")):
-            from export.build import DEFAULT_PHOTOSET
+            from export.build import default_photoset
             from export.demo_data import write_demo
 
-            photoset = os.environ.get("PHOTOSET_DIR") or (str(DEFAULT_PHOTOSET) if DEFAULT_PHOTOSET.is_dir() else None)
-            write_demo(folder.parent, photoset=photoset, queries=12, seed=7)
+            write_demo(folder.parent, photoset=default_photoset(), queries=12, seed=7)
     found = sorted(p for p in folder.iterdir() if spec.is_image_file(p))
     if not found:
         raise SystemExit(f"{folder}: no images")

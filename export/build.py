@@ -33,6 +33,12 @@ if TYPE_CHECKING:  # torch is imported when a build runs, not by `--help`
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOSET = ROOT.parent / "shared" / "datasets" / "photoset"
 
+
+def default_photoset() -> str | None:
+    """The photoset a command uses when none is given: $PHOTOSET_DIR, else DEFAULT_PHOTOSET if it exists, else None
+    (everything generated)."""
+    return os.environ.get("PHOTOSET_DIR") or (str(DEFAULT_PHOTOSET) if DEFAULT_PHOTOSET.is_dir() else None)
+
 DET_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")  # the detector's trunks (TrainConfig.det_backbones)
 # the quick profile's 13 detector epochs: 8 kept the validation scenes' figures (~8 min less on an AMD EPYC) but
 # took held-out precision at the threshold 0.904 -> 0.882 (docs/measurements.md, "Thirtieth round"). Its one head per
@@ -640,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     photoset = None
     if not args.no_photoset:
-        photoset = args.photoset or os.environ.get("PHOTOSET_DIR") or (str(DEFAULT_PHOTOSET) if DEFAULT_PHOTOSET.is_dir() else None)
+        photoset = args.photoset or default_photoset()
         if photoset and not Path(photoset).is_dir():
             ap.error(f"--photoset {photoset}: not a directory")
     repository.write(args.repository)

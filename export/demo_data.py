@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.build import DEFAULT_PHOTOSET, PROFILES
+from export.build import PROFILES, default_photoset
 from export.dataset import DataConfig, load_sources
 from export.scenes import Backgrounds, make_scene
 
@@ -46,11 +46,11 @@ def write_demo(out: Path, *, photoset: str | None, queries: int = 3, seed: int =
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--photoset", default=str(DEFAULT_PHOTOSET) if DEFAULT_PHOTOSET.is_dir() else None)
+    ap.add_argument("--photoset", help="folder with cutouts/ and photos/; default: $PHOTOSET_DIR, else ../shared/datasets/photoset if it exists")
     ap.add_argument("--no-photoset", action="store_true")
     ap.add_argument("--queries", type=int, default=3)
     args = ap.parse_args(argv)
-    info = write_demo(args.out, photoset=None if args.no_photoset else args.photoset, queries=args.queries)
+    info = write_demo(args.out, photoset=None if args.no_photoset else (args.photoset or default_photoset()), queries=args.queries)
     print(f"wrote {info['catalog']} catalog images and {info['queries']} query photos under {args.out}")
     return 0
 
