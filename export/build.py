@@ -39,11 +39,12 @@ def default_photoset() -> str | None:
     (everything generated)."""
     return os.environ.get("PHOTOSET_DIR") or (str(DEFAULT_PHOTOSET) if DEFAULT_PHOTOSET.is_dir() else None)
 
+
 DET_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")  # the detector's trunks (TrainConfig.det_backbones)
 # the quick profile's 13 detector epochs: 8 kept the validation scenes' figures (~8 min less on an AMD EPYC) but
 # took held-out precision at the threshold 0.904 -> 0.882 (docs/measurements.md, "Thirtieth round"). Its one head per
-# trunk (two members, not four): ~14 min less on an AMD EPYC, issue 9's checks' top-1 +0.8 to +1.3 points on four
-# runs, boxed products -0.8 to +1.3, tight boxes -0.5 to -1.5 (docs/measurements.md, "Thirty-first round")
+# trunk (two members, not four): the build 43.5 -> 28.5 min on an AMD EPYC, issue 9's checks' top-1 +0.8 to +1.3
+# points on four runs, boxed products -0.8 to +1.3, tight boxes -0.1 to -1.5 (docs/measurements.md, "Thirty-first round")
 PROFILES = {
     "quick": ({"synthetic_per_class": 20, "scenes": 3000, "detector_scenes": 3000, "catalog_views": 1200},
               {"det_epochs": 13, "det_heads": 1, "det_backbones": DET_BACKBONES, "cls_epochs": 150}),

@@ -21,7 +21,7 @@ class TrainConfig:
     # mean (models.HeadEnsemble). Two heads of 13 epochs against one of 25 (the same training time), on the same cached
     # features: held-out AP@0.5 0.956 / 0.951 against 0.960 / 0.948 and 0.943 / 0.944 for one head from seed 0 or 1,
     # bench.photo_search's photos boxed 0.906 / 0.945 against 0.889 / 0.940 and 0.900 / 0.940 (docs/measurements.md, "Two detector heads").
-    # With two trunks (det_backbones) one head each did as well for ~13 min less of the build: the quick profile's 1
+    # With two trunks (det_backbones) one head each did as well for 15 min less of the build: the quick profile's 1
     # (docs/measurements.md, "Thirty-first round")
     det_heads: int = 1
     # the trunks the detector reads (det_heads heads and refiners on each; models.Detector): heads on another
