@@ -1,8 +1,8 @@
 """python -m client.search IMG|VIDEO ... [--top-k N] [--frames N] [--as-one] [--category C] [--json]: most similar catalog products per object.
 
-The objects of a photo are the rows the ensemble returns, chosen by the row policy of client/spec.py
-(every detection above the detector's threshold, a few of the best weaker ones, no duplicates, in score
-order; the whole image if none).
+The objects of a photo are rows the ensemble returns, chosen by the row policy of client/spec.py
+(every detection above the detector's threshold, then a few weaker ones, those most like a catalog product,
+no duplicates; the whole image if none).
 Each is searched within its merged category when the classifier and the object's nearest catalog products agree
 on it (client/category.py; else in the whole catalog), or within --category C for all objects;
 one hit per product, ranked by cosine similarity, then the best rerank.CANDIDATES re-ranked by how well
@@ -26,21 +26,24 @@ from client.result import DetectedObject, ImageResult, row_arrays
 from client.store import QdrantStore, StoreError
 from client.triton import BadImage, RetrievalClient, TritonError
 
-# Which rows a search reports: the row policy of client/spec.py, which the served crop graph applies (every
-# row the ensemble returns is one of them). select_rows is that policy in Python, for outputs with every
-# detection row: export.evaluate measures other parameters with it, and a test holds the crop graph to it.
+# Which rows a search reports: the row policy of client/spec.py. The served crop graph passes on the valid
+# detections and up to EXTRA_CANDIDATES weaker ones (candidate_rows is that step in Python: a test holds the graph
+# to it); select_rows keeps the valid ones and the EXTRA_OBJECTS weaker ones most like a catalog product.
+# export.evaluate measures other parameters with them.
 EXTRA_OBJECTS = spec.EXTRA_OBJECTS
+EXTRA_CANDIDATES = spec.EXTRA_CANDIDATES
 EXTRA_MIN_SCORE = spec.EXTRA_MIN_SCORE
 MAX_OVERLAP = spec.MAX_OVERLAP
+EXTRA_MATCH_WEIGHT = spec.EXTRA_MATCH_WEIGHT
 
 
-def select_rows(source: ImageResult | Mapping[str, np.ndarray], *, extra: int = EXTRA_OBJECTS,
-                min_score: float = EXTRA_MIN_SCORE, max_overlap: float = MAX_OVERLAP) -> list[int]:
-    """The rows a search reports, best score first: every valid detection, then up to ``extra`` of the
-    best-scored other detections with score >= ``min_score``; a detection whose IoU with a row already
-    taken exceeds ``max_overlap`` is a duplicate and dropped (valid ones included). The whole-image row
-    when nothing else is. ``source``: an ImageResult, or outputs with ``boxes``, ``scores``, ``valid``
-    (every row, the whole image last), as export.evaluate measures it."""
+def candidate_rows(source: ImageResult | Mapping[str, np.ndarray], *, extra: int = EXTRA_CANDIDATES,
+                   min_score: float = EXTRA_MIN_SCORE, max_overlap: float = MAX_OVERLAP) -> list[int]:
+    """The rows the served crop graph passes on, best score first: every valid detection, then up to ``extra``
+    of the best-scored other detections with score >= ``min_score``; a detection whose IoU with a row already
+    taken exceeds ``max_overlap`` is a duplicate and dropped (valid ones included). The whole-image row when
+    nothing else is. ``source``: an ImageResult, or outputs with ``boxes``, ``scores``, ``valid`` (every row,
+    the whole image last), as export.evaluate measures it."""
     if extra < 0 or not 0 <= max_overlap <= 1:
         raise ValueError(f"extra must be >= 0 and max_overlap in [0, 1], got extra={extra}, max_overlap={max_overlap}")
     boxes, scores, valid = row_arrays(source)
@@ -58,9 +61,56 @@ def select_rows(source: ImageResult | Mapping[str, np.ndarray], *, extra: int = 
     return taken or [whole]
 
 
-def select_objects(result: ImageResult, **policy) -> list[DetectedObject]:
+def weak_candidates(source: ImageResult | Mapping[str, np.ndarray], **policy) -> list[int]:
+    """The rows of ``candidate_rows`` below the detector's threshold: those ``select_rows`` chooses among."""
+    valid = row_arrays(source)[2]
+    whole = len(valid) - 1
+    return [r for r in candidate_rows(source, **policy) if r != whole and not valid[r]]
+
+
+def select_rows(source: ImageResult | Mapping[str, np.ndarray], *, extra: int = EXTRA_OBJECTS,
+                min_score: float = EXTRA_MIN_SCORE, max_overlap: float = MAX_OVERLAP,
+                match: Mapping[int, float] | None = None, candidates: int = EXTRA_CANDIDATES,
+                match_weight: float = EXTRA_MATCH_WEIGHT) -> list[int]:
+    """The rows a search reports: every valid row of ``candidate_rows`` (with up to max(``extra``, ``candidates``)
+    weaker ones), then ``extra`` of its weaker rows: with ``match`` (row -> its best cosine to the catalog, for
+    every weaker candidate) those with the highest score + ``match_weight`` x match, else the best-scored. The
+    whole-image row when nothing else is."""
+    if extra < 0 or candidates < 0:
+        raise ValueError(f"extra must be >= 0 and candidates >= 0, got extra={extra}, candidates={candidates}")
+    rows = candidate_rows(source, extra=max(extra, candidates), min_score=min_score, max_overlap=max_overlap)
+    _, scores, valid = row_arrays(source)
+    whole = len(scores) - 1
+    weak = [r for r in rows if r != whole and not valid[r]]
+    if match is not None:
+        missing = [r for r in weak if r not in match]
+        if missing:
+            raise ValueError(f"match has no cosine for the weaker candidate rows {missing}")
+        weak = sorted(weak, key=lambda r: (-(float(scores[r]) + match_weight * float(match[r])), r))
+    keep = set(weak[:extra])
+    taken = [r for r in rows if r != whole and (valid[r] or r in keep)]
+    if match is not None:  # valid rows in score order, then the weaker ones in the order they were chosen
+        taken = [r for r in taken if valid[r]] + [r for r in weak[:extra]]
+    return taken or [whole]
+
+
+def catalog_match(result: ImageResult, store: QdrantStore, *, category: str | None = None,
+                  extra: int = EXTRA_OBJECTS) -> dict[int, float] | None:
+    """Each weaker candidate row's best cosine to the catalog (``category`` alone when given), when there are
+    more of them than a search reports; else None (the order does not matter)."""
+    weak = weak_candidates(result)
+    if len(weak) <= extra:
+        return None
+    out = {}
+    for r in weak:
+        hits = store.search(result.rows[r].embedding, category=category, top_k=1)
+        out[r] = hits[0].score if hits else 0.0
+    return out
+
+
+def select_objects(result: ImageResult, match: Mapping[int, float] | None = None, **policy) -> list[DetectedObject]:
     """The objects a search reports (``select_rows`` of ``result``), in that order."""
-    return [result.rows[r] for r in select_rows(result, **policy)]
+    return [result.rows[r] for r in select_rows(result, match=match, **policy)]
 
 
 @dataclass
@@ -97,7 +147,7 @@ def search_image(data: bytes, client: RetrievalClient, store: QdrantStore, *, to
             image = None
     out = []
     pool = top_k if image is None else max(top_k, rerank.CANDIDATES)
-    for obj in select_objects(result):
+    for obj in select_objects(result, catalog_match(result, store, category=category)):
         if category is not None:
             cat, hits = category, store.search(obj.embedding, category=category, top_k=pool)
         else:

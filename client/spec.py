@@ -17,9 +17,11 @@ Pipeline (ensemble ``retrieval``)::
                └──────────────────────────────────────────────► embedder (the colour part)
     crop ─► boxes, scores, valid
 
-The crop step passes on only the rows a caller reports (the row policy below): every detection above
-SCORE_THRESHOLD (``valid``), then at most EXTRA_OBJECTS weaker ones scoring >= EXTRA_MIN_SCORE, none
-overlapping a better one by IoU > MAX_OVERLAP, in score order; then always the whole image, last. So
+The crop step passes on only the rows worth reporting (the row policy below): every detection above
+SCORE_THRESHOLD (``valid``), then at most EXTRA_CANDIDATES weaker ones scoring >= EXTRA_MIN_SCORE, none
+overlapping a better one by IoU > MAX_OVERLAP, in score order; then always the whole image, last. A search
+reports the valid rows and at most EXTRA_OBJECTS of the weaker ones: those most like a catalog product
+(client.search.select_rows). So
 every per-object output has N rows, 1 <= N <= MAX_OBJECTS + 1, and the backbone (one shared pass for
 the classifier and the embedder) runs on those rows only (in ``retrieval``, on each row's three crops). The whole-image row is ``valid`` only when
 no detection is, so a caller that keeps the valid rows always gets at least one object.
@@ -67,8 +69,16 @@ SCORE_THRESHOLD = 0.30  # detector operating threshold (baked into the crop grap
 # Chosen with `python -m export.evaluate` ("Row policy sweep": extra 0-3, floor 0.05/0.1/0.2, IoU 0.3/0.5/0.7)
 # as round values that win clearly (quick profile, 2026-11-23): held-out products with a box 0.872 -> 0.924,
 # R@1 0.385 -> 0.418 for 2.0 -> 2.65 objects per photo; a third extra row or a 0.05 floor adds <= 0.007 R@1.
-EXTRA_OBJECTS = 2  # at most this many detections below the threshold besides the valid ones
+EXTRA_OBJECTS = 2  # a search reports at most this many detections below the threshold besides the valid ones
 EXTRA_MIN_SCORE = 0.10  # ... each scoring at least this
+# The crop graph passes on up to EXTRA_CANDIDATES such weaker rows, and a search keeps the EXTRA_OBJECTS of them with
+# the highest score + EXTRA_MATCH_WEIGHT x the row's best cosine to the catalog (a weak row that looks like a catalog
+# product is more likely one than a slightly higher-scored row that looks like nothing there). Set from a replay of
+# issue 9's checks (`python -m bench.photo_search` photos, seed 4242; weights 1 and 2 alike, the cosine alone worse),
+# then checked on seed 5151 and with `python -m export.evaluate` (docs/measurements.md, "Thirty-second round: weak rows
+# chosen by the catalog (shipped)").
+EXTRA_CANDIDATES = 4
+EXTRA_MATCH_WEIGHT = 1.0
 MAX_OVERLAP = 0.5  # IoU above which a row repeats a box already taken (the detector has no NMS, only a 3x3 max-pool)
 FEATURE_DIM = 1280  # the shared backbone's pooled vector (EfficientNet-Lite0 head)
 # the search ensemble's box jitter (export/crop_graph.py, QUERY_FEATURES): each detection row is also cut at its
@@ -178,7 +188,7 @@ DETECTOR = ModelSpec(
 CROP = ModelSpec(
     "crop", "onnx", (CROP_SOURCE, Tensor("det_boxes", "FP32", (1, K, 4)), Tensor("det_scores", "FP32", (1, K)), IMAGE_SIZE),
     (CROPS, BOXES, SCORES, VALID, JITTER_CROPS),
-    "Selects the reported rows (the row policy: valid detections, a few weaker ones, no duplicates, score order, "
+    "Selects the rows worth reporting (the row policy: valid detections, a few weaker ones, no duplicates, score order, "
     "then the whole image) and cuts them (RoiAlign); boxes in original pixels, validity mask; each row also cut "
     "at its box shrunk and grown (the search side's box jitter).",
 )

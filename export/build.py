@@ -550,12 +550,10 @@ def export_models(heads: "Heads", repo: Path, todo: set[str], seed: int, log: di
     """Exports the trained models named in ``todo`` (parity-checked against torch on two batch sizes),
     the shared backbone (``features``) and the crop graphs into ``repo``; records the parity and the
     embedder id in ``log``."""
-    import onnx
     import torch
 
-    from export.crop_graph import build_crop_model, build_whole_crop_model
     from export.models import same_backbone
-    from export.onnx_export import metadata, read_metadata, set_metadata
+    from export.onnx_export import read_metadata
 
     t1 = time.time()
     repository.write(repo)
@@ -577,12 +575,28 @@ def export_models(heads: "Heads", repo: Path, todo: set[str], seed: int, log: di
         else:  # kept as it is (e.g. --retrain detector): its id is the one its graph reports
             log["embedder_id"] = read_metadata(spec.onnx_file(repo, spec.EMBEDDER.name))[spec.EMBEDDER_ID.name]
         parity_log["features+heads"] = composed_parity(repo, cls, emb, img)
-    for model, graph in ((spec.CROP, build_crop_model()), (spec.WHOLE_CROP, build_whole_crop_model())):
-        set_metadata(graph, metadata(model))
-        onnx.save(graph, str(spec.onnx_file(repo, model.name)))
+    write_crop_graphs(repo)
     log["onnx_parity_max_abs_diff"] = parity_log
     log["export_seconds"] = round(time.time() - t1, 1)
     print(f"exported {', '.join(sorted(todo))}, features, query_features, crop and whole_crop to {repo} (parity max |diff|: {parity_log})")
+
+
+def write_crop_graphs(repo: Path) -> list[str]:
+    """Writes the crop graphs (``crop``, ``whole_crop``: no trained weights, built from client/spec.py) into
+    ``repo`` where they differ from what is there; returns the names of those written."""
+    from export.crop_graph import build_crop_model, build_whole_crop_model
+    from export.onnx_export import metadata, set_metadata
+
+    written = []
+    for model, graph in ((spec.CROP, build_crop_model()), (spec.WHOLE_CROP, build_whole_crop_model())):
+        set_metadata(graph, metadata(model))
+        path = spec.onnx_file(repo, model.name)
+        data = graph.SerializeToString()
+        if not path.exists() or path.read_bytes() != data:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            written.append(model.name)
+    return written
 
 
 def write_log(log: dict, build_dir: Path, repo: Path) -> None:
@@ -656,6 +670,10 @@ def main(argv: list[str] | None = None) -> int:
     if set(retrain) - set(STAGES):
         ap.error(f"--retrain: unknown heads {sorted(set(retrain) - set(STAGES))}; known: {','.join(STAGES)}")
     if not missing and not args.force and not retrain:
+        # the crop graphs follow client/spec.py's row policy and sizes, not the training: kept current here
+        refreshed = write_crop_graphs(args.repository)
+        if refreshed:
+            print(f"rewrote {', '.join(refreshed)} in {args.repository} from client/spec.py")
         print(f"models present in {args.repository}; nothing to build (use --force to rebuild)")
         return 0
     t = time.time()

@@ -2,7 +2,7 @@
 no torch needed.
 
 ``crop`` (``spec.CROP``) selects the rows every caller gets — the row policy of client/spec.py: the
-detections above SCORE_THRESHOLD, then at most EXTRA_OBJECTS weaker ones scoring >= EXTRA_MIN_SCORE, a
+detections above SCORE_THRESHOLD, then at most EXTRA_CANDIDATES weaker ones scoring >= EXTRA_MIN_SCORE, a
 box overlapping a better one by IoU > MAX_OVERLAP dropped (NonMaxSuppression), in score order — then
 appends the whole image, cuts every row from the padded-square crop source at CROP_SIZE, maps boxes to
 original pixels and says which rows are objects (the whole image is valid only when no detection is). It also
@@ -107,7 +107,7 @@ def _selection_nodes(every_row: bool) -> tuple[list, list]:
     # not change an IoU.
     inits += [_const("axis1", [1], np.int64), _const("max_out", [spec.MAX_OBJECTS], np.int64), _const("iou_thr", [spec.MAX_OVERLAP]),
               _const("score_floor", [np.nextafter(np.float32(spec.EXTRA_MIN_SCORE), np.float32(0))]),
-              _const("thr", spec.SCORE_THRESHOLD), _const("extra", spec.EXTRA_OBJECTS, np.int64),
+              _const("thr", spec.SCORE_THRESHOLD), _const("extra", spec.EXTRA_CANDIDATES, np.int64),
               _const("idx_box", [2], np.int64), _const("idx_box_end", [3], np.int64)]
     nodes = [
         helper.make_node("Squeeze", ["det_boxes", "axis0"], ["boxes_k"]),
@@ -122,7 +122,7 @@ def _selection_nodes(every_row: bool) -> tuple[list, list]:
         helper.make_node("Slice", ["nms", "idx_box", "idx_box_end", "axis1"], ["nms_idx2"]),  # [M, 1]: box index
         helper.make_node("Squeeze", ["nms_idx2", "axis1"], ["nms_idx"]),
         helper.make_node("Gather", ["scores_k", "nms_idx"], ["nms_scores"]),
-        # every detection above the threshold; of the weaker ones, the first EXTRA_OBJECTS
+        # every detection above the threshold; of the weaker ones, the first EXTRA_CANDIDATES (the client keeps a few)
         helper.make_node("Less", ["nms_scores", "thr"], ["weak"]),
         helper.make_node("Cast", ["weak"], ["weak_i"], to=TensorProto.INT64),
         helper.make_node("CumSum", ["weak_i", "axis0"], ["weak_rank"]),

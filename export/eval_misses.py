@@ -95,7 +95,7 @@ def detector_misses(queries, scenes) -> dict:
     any score); the share of tight valid boxes (IoU >= 0.7); and the bin's share of all valid-row misses."""
     n = len(queries)
     valid = best_ious(n, scenes, valid_rows)
-    policy = best_ious(n, scenes, lambda sc: select_rows(sc.outputs()))
+    policy = best_ious(n, scenes, lambda sc: select_rows(sc.outputs(), match=sc.match))
     every = best_ious(n, scenes, lambda sc: list(range(spec.MAX_OBJECTS)))
     missed = valid < MATCH_IOU
     out = {}

@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from client import imaging, rerank, spec
+from client.search import weak_candidates
 from export import dataset
 from export.eval_misses import MATCH_IOU, background_clutter, match_detections
 from export.scenes import Backgrounds, make_scene
@@ -43,6 +44,7 @@ class SceneRows:
     valid: np.ndarray  # [NUM_ROWS]
     gt: np.ndarray  # [n objects, 4]
     first: int  # index of its first object in QuerySet.queries
+    match: dict[int, float] | None = None  # each weaker candidate row's best catalog cosine (evaluate sets it)
 
     def outputs(self) -> dict[str, np.ndarray]:
         return {spec.BOXES.name: self.boxes, spec.SCORES.name: self.scores, spec.VALID.name: self.valid}
@@ -53,7 +55,8 @@ class QuerySet:
     queries: list[Query]  # every object of every scene
     scenes: list[SceneRows]
     gt_crops: np.ndarray  # one crop per query, cut at its ground-truth box
-    det_crops: np.ndarray  # every row that overlaps an object (IoU >= MATCH_IOU): what any row policy can match
+    det_crops: np.ndarray  # every row that overlaps an object (IoU >= MATCH_IOU): what any row policy can match;
+    # and the client's weaker candidate rows (client.search.weak_candidates), whose catalog cosine it ranks them by
     det_crop_of: dict[tuple[int, int], int]  # (scene, row) -> index into det_crops
     det_jitter: np.ndarray | None  # per det_crops row its two jitter crops [n, 2, 3, H, W] (Runner.jitter_crops; None: not used)
     detector: dict  # detection_metrics over the scenes
@@ -69,6 +72,15 @@ class Selection:
     det_rows: np.ndarray  # per query, its index into QuerySet.det_crops (0 when not found)
     det_box: np.ndarray  # per query, the reported box it got (original pixels; zeros when not found)
     boxes: dict  # products that get a box, objects reported per photo, precision of the reported detections
+
+
+def set_catalog_match(qs: QuerySet, det_embeddings: np.ndarray, catalog_embeddings: np.ndarray) -> None:
+    """Gives each scene's weaker candidate rows their best cosine to the catalog's points (``SceneRows.match``),
+    as client.search.catalog_match asks the store for it; ``det_embeddings``: those of ``qs.det_crops``."""
+    best = (det_embeddings @ catalog_embeddings.T).max(1) if len(det_embeddings) else np.zeros(0)
+    for i, sc in enumerate(qs.scenes):
+        weak = weak_candidates(sc.outputs())  # the client asks only when it must choose among them
+        sc.match = {r: float(best[qs.det_crop_of[i, r]]) for r in weak} if len(weak) > spec.EXTRA_OBJECTS else None
 
 
 def select(qs: QuerySet, policy) -> Selection:
@@ -116,16 +128,18 @@ def run_scenes(runner: Runner, sources: dataset.Sources, n_scenes: int, seed: in
         det_boxes_all.append(out[spec.DET_BOXES.name][0]); det_scores_all.append(out[spec.DET_SCORES.name][0])
         sc = SceneRows(out[spec.BOXES.name], out[spec.SCORES.name], out[spec.VALID.name].astype(bool), gt, len(queries))
         scenes.append(sc)
+        rows = set(weak_candidates(sc.outputs()))
         if len(gt):
             gt_crops.append(cutter(src, size, gt_norm))
-            rows = [int(r) for r in np.where(imaging.box_iou(sc.boxes, gt).max(1) >= MATCH_IOU)[0]]
-            det_crop_of.update({(i, r): len(det_crops) + k for k, r in enumerate(rows)})
-            det_crops += list(runner.crops(out, rows)) if rows else []
-            jitter = runner.jitter_crops(out, rows) if rows else None
-            det_jitter += list(jitter) if jitter is not None else []
             gt_kp += [rerank.query_keypoints(scene.image, b) for b in gt]
-            whole = len(sc.scores) - 1
-            det_kp += [rerank.query_keypoints(scene.image, None if r == whole else sc.boxes[r]) for r in rows]
+            rows |= {int(r) for r in np.where(imaging.box_iou(sc.boxes, gt).max(1) >= MATCH_IOU)[0]}
+        rows = sorted(rows)
+        det_crop_of.update({(i, r): len(det_crops) + k for k, r in enumerate(rows)})
+        det_crops += list(runner.crops(out, rows)) if rows else []
+        jitter = runner.jitter_crops(out, rows) if rows else None
+        det_jitter += list(jitter) if jitter is not None else []
+        whole = len(sc.scores) - 1
+        det_kp += [rerank.query_keypoints(scene.image, None if r == whole else sc.boxes[r]) for r in rows]
         for o in scene.objects:
             queries.append(Query(i, o.product_id, o.fine_class, o.box, o.transform,
                                  "procedural" if scene.background == "procedural" else "photo",

@@ -38,7 +38,7 @@ from export.eval_misses import detector_misses, false_positives, false_positives
 from export.eval_ranks import (CATEGORY, CATEGORY_SCORE, EMBEDDINGS, GROUP, GT, SYNTHETIC, VIEW, Described, agreement, by_kind,
                                query_rows, retrieval_table, source_ranks, summarise)
 from export.eval_report import report
-from export.eval_scenes import TRANSFORM_BINS, Query, QuerySet, run_scenes, select
+from export.eval_scenes import TRANSFORM_BINS, Query, QuerySet, run_scenes, select, set_catalog_match
 from export.pipeline import Pipeline
 from export.products import synthetic_products
 
@@ -333,11 +333,12 @@ SWEEP_EXTRA, SWEEP_MIN_SCORE, SWEEP_OVERLAP = (0, 1, 2, 3), (0.05, 0.1, 0.2), (0
 def selection_sweep(qs: QuerySet, d: Described) -> dict:
     """Per row policy: the boxes it reports (products that get one, cost) and R@1 with them (client's filter)."""
     policies = {"valid rows only (before)": valid_rows,
-                "every detection row": lambda sc: list(range(spec.MAX_OBJECTS))}
+                "every detection row": lambda sc: list(range(spec.MAX_OBJECTS)),
+                "the client's (weaker rows by score + catalog cosine)": lambda sc: select_rows(sc.outputs(), match=sc.match)}
     for n in SWEEP_EXTRA:
         for floor in SWEEP_MIN_SCORE if n else (1.0,):
             for overlap in SWEEP_OVERLAP:
-                policies[f"extra {n}, score >= {floor}, IoU <= {overlap}" if n else f"extra 0, IoU <= {overlap}"] = \
+                policies[f"extra {n} by score, score >= {floor}, IoU <= {overlap}" if n else f"extra 0, IoU <= {overlap}"] = \
                     lambda sc, n=n, f=floor, o=overlap: select_rows(sc.outputs(), extra=n, min_score=f, max_overlap=o)
     out = {}
     for name, policy in policies.items():
@@ -411,9 +412,11 @@ def evaluate(args) -> dict:
     det = runner.describe(qs.det_crops, jitter=qs.det_jitter) if len(qs.det_crops) else None
     timings["query_crops_s"] = round(time.time() - t, 1)
     queries = qs.queries
-    selections = {"detected": select(qs, lambda sc: select_rows(sc.outputs())),  # what client.search reports
+    catalog = catalog_points(full, CATALOG_WHOLE_IMAGE)
+    set_catalog_match(qs, det[EMBEDDINGS] if det is not None else np.zeros((0, spec.EMBED_DIM)), catalog[EMBEDDINGS])
+    selections = {"detected": select(qs, lambda sc: select_rows(sc.outputs(), match=sc.match)),  # what client.search reports
                   VALID_ONLY: select(qs, valid_rows)}
-    d = Described(catalog_points(full, CATALOG_WHOLE_IMAGE), gt, det, np.array([row_of[q.product_id] for q in queries]), selections)
+    d = Described(catalog, gt, det, np.array([row_of[q.product_id] for q in queries]), selections)
     results, filter_sweep = retrieval_metrics(d)
     t = time.time()
     catalog_kp = [rerank.catalog_keypoints(it.image) for it in tqdm(items, desc="catalog keypoints", unit="image")]

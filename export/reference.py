@@ -198,9 +198,11 @@ def render() -> str:
         "reporting are computed:",
         "",
         f"- first, the detections, highest score first: every one with score ≥ {spec.SCORE_THRESHOLD} (`valid`), then at "
-        f"most {spec.EXTRA_OBJECTS} weaker ones scoring ≥ {spec.EXTRA_MIN_SCORE} (`valid` false: the detector is unsure, "
+        f"most {spec.EXTRA_CANDIDATES} weaker ones scoring ≥ {spec.EXTRA_MIN_SCORE} (`valid` false: the detector is unsure, "
         f"the object is often still there); a box overlapping a better one by IoU > {spec.MAX_OVERLAP} is left out. At "
-        f"most {k} detections;",
+        f"most {k} detections. `client.search` reports the valid ones and at most {spec.EXTRA_OBJECTS} of the weaker "
+        f"ones: those with the highest score + {spec.EXTRA_MATCH_WEIGHT:g} × their best cosine to the catalog "
+        "(`client.search.select_rows`); a service that has no catalog at hand can keep the first ones;",
         f"- last, always, the whole image (box [0, 0, width, height], score {spec.WHOLE_IMAGE_SCORE}). It is valid only "
         "when no detection is, so a caller that keeps the valid rows always gets at least one object;",
         "- the last row of `embeddings` is the whole-image embedding in every response, valid or not (e.g. for "

@@ -1,10 +1,11 @@
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from client import imaging, spec
-from client.search import select_rows
+from client.search import candidate_rows
 from export.crop_graph import build_crop_model, build_whole_crop_model
 
 
@@ -59,20 +60,21 @@ def test_boxes_are_clipped_to_the_image_not_the_padding(crop):
     np.testing.assert_allclose(out["boxes"][0], [200, 80, 400, 200], atol=1e-3)
 
 
-def test_the_row_policy_keeps_valid_rows_two_weaker_ones_and_drops_duplicates(crop):
+def test_the_row_policy_keeps_valid_rows_the_weaker_candidates_and_drops_duplicates(crop):
     a, b, c = [0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.7, 0.7], [0.1, 0.6, 0.3, 0.9]
     dup = [0.11, 0.11, 0.31, 0.31]  # IoU with a: 0.82
-    far = [[0.7, 0.1, 0.8, 0.2], [0.8, 0.8, 0.9, 0.9], [0.4, 0.1, 0.5, 0.2]]
-    boxes = [a, dup, b, c, *far, [0.0, 0.0, 0.05, 0.05]]
-    scores = [0.9, 0.8, 0.6, 0.25, 0.2, 0.15, 0.12, 0.05]  # c and the far ones are weak; the last is below the floor
+    far = [[0.7, 0.1, 0.8, 0.2], [0.8, 0.8, 0.9, 0.9], [0.4, 0.1, 0.5, 0.2], [0.85, 0.4, 0.95, 0.5]]
+    boxes = [a, dup, b, c, *far]
+    scores = [0.9, 0.8, 0.6, 0.25, 0.2, 0.15, 0.12, 0.11]  # c and the far ones are weak: one more than the graph passes on
+    assert spec.EXTRA_CANDIDATES == 4  # the expected rows below
     out = _run(crop, _feed(Image.new("RGB", (500, 500)), boxes, scores))
-    np.testing.assert_allclose(out["scores"], [0.9, 0.6, 0.25, 0.2, spec.WHOLE_IMAGE_SCORE])
-    assert out["valid"].tolist() == [True, True, False, False, False]
-    np.testing.assert_allclose(out["boxes"][:4] / 500, [a, b, c, far[0]], atol=1e-5)
+    np.testing.assert_allclose(out["scores"], [0.9, 0.6, 0.25, 0.2, 0.15, 0.12, spec.WHOLE_IMAGE_SCORE])
+    assert out["valid"].tolist() == [True, True, False, False, False, False, False]
+    np.testing.assert_allclose(out["boxes"][:6] / 500, [a, b, c, *far[:3]], atol=1e-5)
 
 
-def test_the_served_graph_selects_exactly_what_select_rows_selects(crop, every_row):
-    """The crop graph's NonMaxSuppression + ranks against client.search.select_rows (the policy in Python) on
+def test_the_served_graph_selects_exactly_what_candidate_rows_selects(crop, every_row):
+    """The crop graph's NonMaxSuppression + ranks against client.search.candidate_rows (the policy in Python) on
     random detections with clusters of duplicates, images taller than wide, boxes in the padding."""
     rng = np.random.default_rng(0)
     img = Image.new("RGB", (640, 480), "white")
@@ -84,7 +86,7 @@ def test_the_served_graph_selects_exactly_what_select_rows_selects(crop, every_r
         scores = np.sort(rng.uniform(0, 0.12 if t % 5 == 0 else 0.6, spec.MAX_OBJECTS))[::-1]
         feed = _feed(img, boxes, scores)
         full, got = _run(every_row, feed), _run(crop, feed)
-        rows = select_rows(full)
+        rows = candidate_rows(full)
         whole = len(full["scores"]) - 1
         want = [r for r in rows if r != whole] + [whole]
         np.testing.assert_array_equal(got["crops"], full["crops"][want])
@@ -130,3 +132,17 @@ def test_the_served_crop_graph_cuts_jitter_crops_for_its_selected_rows_only(crop
     out = dict(zip(["crops", "boxes", "scores", "valid", "jitter_crops"],
                    crop.run(None, _feed(img, [[0, 0, 0.25, 0.25], [0.5, 0, 0.75, 0.25]], [0.9, 0.05]))))
     assert len(out["crops"]) == 2 and len(out["jitter_crops"]) == 4  # the weak row dropped; the whole image kept
+
+
+def test_the_build_keeps_the_crop_graphs_current_without_retraining(tmp_path):
+    """`python -m export.build` with every model present still rewrites the crop graphs when client/spec.py's row
+    policy or sizes changed them (export.build.write_crop_graphs), and leaves them alone when they are current."""
+    from export.build import write_crop_graphs
+
+    assert sorted(write_crop_graphs(tmp_path)) == sorted([spec.CROP.name, spec.WHOLE_CROP.name])
+    assert write_crop_graphs(tmp_path) == []
+    path = spec.onnx_file(tmp_path, spec.CROP.name)
+    path.write_bytes(path.read_bytes()[:-1] + b"x")  # e.g. a graph from before a change of the row policy
+    assert write_crop_graphs(tmp_path) == [spec.CROP.name]
+    got = _session(onnx.load(str(path)))
+    assert [o.name for o in got.get_outputs()] == [t.name for t in spec.CROP.outputs]

@@ -28,6 +28,7 @@ class S:
     valid: np.ndarray
     gt: np.ndarray
     first: int
+    match: dict | None = None  # as export.eval_scenes.SceneRows: no catalog cosines (weak rows by score)
 
     def outputs(self):
         return {spec.BOXES.name: self.boxes, spec.SCORES.name: self.scores, spec.VALID.name: self.valid}

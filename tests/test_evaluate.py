@@ -36,6 +36,8 @@ def test_evaluate_small_run_writes_consistent_report(built, tmp_path):
         assert r["recall (one box per product, IoU>=0.5)"] <= r["products with a box IoU>=0.5"]
     assert policy["objects per photo"] >= 1
     sweep = m["selection_sweep"]
+    client = sweep["the client's (weaker rows by score + catalog cosine)"]  # weak rows chosen by their catalog cosine
+    assert {k: client[k] for k in policy} == policy
     assert sweep["every detection row"]["products with a box IoU>=0.5"] >= policy["products with a box IoU>=0.5"]
     assert sweep["valid rows only (before)"]["R@1"] == m["retrieval"]["trained embedder, float"][evaluate.POLICY][evaluate.VALID_ONLY]["R@1"]
     views = m["catalog_views"]

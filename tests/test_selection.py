@@ -8,7 +8,8 @@ import pytest
 from client import spec
 from client.catalog import catalog_rows
 from client.result import ImageResult
-from client.search import EXTRA_MIN_SCORE, EXTRA_OBJECTS, select_objects, select_rows
+from client.search import (EXTRA_CANDIDATES, EXTRA_MIN_SCORE, EXTRA_OBJECTS, candidate_rows, catalog_match,
+                           select_objects, select_rows, weak_candidates)
 
 K = spec.MAX_OBJECTS
 WHOLE = (0.0, 0.0, 640.0, 480.0)
@@ -74,6 +75,43 @@ def test_the_image_result_and_the_raw_outputs_give_the_same_rows():
     assert select_rows(result) == select_rows(out) == [0, 2]
     assert [o.row for o in result.objects] == [0, 1]  # objects: the valid rows, as before
     assert len(result.rows) == K + 1 and result.whole.whole_image
+
+
+def test_the_graph_passes_on_more_weak_candidates_than_a_search_reports():
+    weak = [(A, 0.28), (B, 0.25), (C, 0.2), (FAR[0], 0.15), (FAR[2], 0.12), (FAR[4], 0.11)]
+    out = outputs([((10, 10, 60, 60), 0.9)] + weak)
+    assert EXTRA_OBJECTS < EXTRA_CANDIDATES < len(weak)
+    assert candidate_rows(out) == list(range(1 + EXTRA_CANDIDATES))
+    assert weak_candidates(out) == list(range(1, 1 + EXTRA_CANDIDATES))
+    assert select_rows(out) == list(range(1 + EXTRA_OBJECTS))  # without the catalog: the best-scored, as before
+
+
+def test_the_weak_rows_reported_are_those_most_like_a_catalog_product():
+    out = outputs([((10, 10, 60, 60), 0.9), (A, 0.28), (B, 0.25), (C, 0.2), (FAR[0], 0.15)])
+    # row 3 (C) is much like a catalog product and row 4 somewhat; rows 1 and 2 score higher but look like nothing there
+    match = {1: 0.30, 2: 0.35, 3: 0.80, 4: 0.50}
+    assert select_rows(out, match=match, extra=2) == [0, 3, 4]  # 1.00 and 0.65 against 0.58 and 0.60
+    assert select_rows(out, match=match, extra=2, match_weight=0.0) == [0, 1, 2]  # no weight: by score
+    assert select_rows(out, match=match, extra=0) == [0]
+    with pytest.raises(ValueError, match=r"no cosine for the weaker candidate rows \[4\]"):
+        select_rows(out, match={1: 0.3, 2: 0.3, 3: 0.3})
+
+
+def test_catalog_match_reads_each_weak_rows_best_cosine_from_the_store(tmp_path):
+    from client.store import QdrantStore
+    from client.store.products import CatalogPoint
+
+    out = outputs([((10, 10, 60, 60), 0.9), (A, 0.28), (B, 0.25), (C, 0.2)])
+    result = ImageResult.from_outputs(out)  # row i's embedding is the unit vector e_i
+    with QdrantStore(path=tmp_path / "store", embedder_id="v1-test") as store:
+        store.ensure(spec.EMBED_DIM)
+        vec = np.zeros(spec.EMBED_DIM, np.float32)
+        vec[3] = 1.0  # the catalog's one product looks exactly like row 3
+        store.upsert([CatalogPoint(vec, "p3", "c", "f", "/cat/p3.jpg", "x" * 64, (0, 0, 1, 1))])
+        assert catalog_match(result, store, extra=len(weak_candidates(result))) is None  # all reported anyway
+        match = catalog_match(result, store, extra=2)
+        assert set(match) == {1, 2, 3} and match[3] == pytest.approx(1.0) and abs(match[1]) < 1e-6
+        assert [o.row for o in select_objects(result, match)] == [0, 3, 1]
 
 
 def test_bad_policy_arguments_are_refused():

@@ -214,7 +214,7 @@ def test_rows_are_laid_out_as_the_reference_says(stub, grpc_example, images):
         assert np.all(np.diff(scores[:-1]) <= 0), "detections sorted by score"
         assert list(valid[:-1]) == list(scores[:-1] >= np.float32(spec.SCORE_THRESHOLD))
         weak = scores[:-1] < np.float32(spec.SCORE_THRESHOLD)
-        assert weak.sum() <= spec.EXTRA_OBJECTS and np.all(scores[:-1][weak] >= np.float32(spec.EXTRA_MIN_SCORE))
+        assert weak.sum() <= spec.EXTRA_CANDIDATES and np.all(scores[:-1][weak] >= np.float32(spec.EXTRA_MIN_SCORE))
         assert valid[-1] == (not valid[:-1].any()) and scores[-1] == spec.WHOLE_IMAGE_SCORE
         with Image.open(path) as im:
             assert out["boxes"][-1].tolist() == [0, 0, im.width, im.height]
