@@ -74,7 +74,7 @@ EXTRA_MIN_SCORE = 0.10  # ... each scoring at least this
 # The crop graph passes on up to EXTRA_CANDIDATES such weaker rows, and a search keeps the EXTRA_OBJECTS of them with
 # the highest score + EXTRA_MATCH_WEIGHT x the row's best cosine to the catalog (a weak row that looks like a catalog
 # product is more likely one than a slightly higher-scored row that looks like nothing there). Set from a replay of
-# issue 9's checks (`python -m bench.photo_search` photos, seed 4242; weights 1 and 2 alike, the cosine alone worse),
+# issue 9's checks (`python -m bench.photo_search` photos, seed 4242; weights 1 and 2 alike, the cosine alone boxes fewer),
 # then checked on seed 5151 and with `python -m export.evaluate` (docs/measurements.md, "Thirty-second round: weak rows
 # chosen by the catalog (shipped)").
 EXTRA_CANDIDATES = 4
