@@ -73,31 +73,27 @@ def select_rows(source: ImageResult | Mapping[str, np.ndarray], *, extra: int = 
                 match: Mapping[int, float] | None = None, candidates: int = EXTRA_CANDIDATES,
                 match_weight: float = EXTRA_MATCH_WEIGHT) -> list[int]:
     """The rows a search reports: every valid row of ``candidate_rows`` (with up to max(``extra``, ``candidates``)
-    weaker ones), then ``extra`` of its weaker rows: with ``match`` (row -> its best cosine to the catalog, for
-    every weaker candidate) those with the highest score + ``match_weight`` x match, else the best-scored. The
-    whole-image row when nothing else is."""
+    weaker ones), then ``extra`` of its weaker rows: when there are more of those than ``extra`` and ``match`` is
+    given (row -> its best cosine to the catalog, for every weaker candidate), those with the highest score +
+    ``match_weight`` x match, else the best-scored. The whole-image row when nothing else is."""
     if extra < 0 or candidates < 0:
         raise ValueError(f"extra must be >= 0 and candidates >= 0, got extra={extra}, candidates={candidates}")
     rows = candidate_rows(source, extra=max(extra, candidates), min_score=min_score, max_overlap=max_overlap)
     _, scores, valid = row_arrays(source)
     whole = len(scores) - 1
-    weak = [r for r in rows if r != whole and not valid[r]]
-    if match is not None:
+    weak = [r for r in rows if r != whole and not valid[r]]  # after the valid ones: candidate_rows is in score order
+    if match is not None and len(weak) > extra:
         missing = [r for r in weak if r not in match]
         if missing:
             raise ValueError(f"match has no cosine for the weaker candidate rows {missing}")
         weak = sorted(weak, key=lambda r: (-(float(scores[r]) + match_weight * float(match[r])), r))
-    keep = set(weak[:extra])
-    taken = [r for r in rows if r != whole and (valid[r] or r in keep)]
-    if match is not None:  # valid rows in score order, then the weaker ones in the order they were chosen
-        taken = [r for r in taken if valid[r]] + [r for r in weak[:extra]]
-    return taken or [whole]
+    return [r for r in rows if r != whole and valid[r]] + weak[:extra] or [whole]
 
 
 def catalog_match(result: ImageResult, store: QdrantStore, *, category: str | None = None,
                   extra: int = EXTRA_OBJECTS) -> dict[int, float] | None:
     """Each weaker candidate row's best cosine to the catalog (``category`` alone when given), when there are
-    more of them than a search reports; else None (the order does not matter)."""
+    more of them than a search reports; else None (select_rows would not read it)."""
     weak = weak_candidates(result)
     if len(weak) <= extra:
         return None

@@ -79,8 +79,7 @@ def set_catalog_match(qs: QuerySet, det_embeddings: np.ndarray, catalog_embeddin
     as client.search.catalog_match asks the store for it; ``det_embeddings``: those of ``qs.det_crops``."""
     best = (det_embeddings @ catalog_embeddings.T).max(1) if len(det_embeddings) else np.zeros(0)
     for i, sc in enumerate(qs.scenes):
-        weak = weak_candidates(sc.outputs())  # the client asks only when it must choose among them
-        sc.match = {r: float(best[qs.det_crop_of[i, r]]) for r in weak} if len(weak) > spec.EXTRA_OBJECTS else None
+        sc.match = {r: float(best[qs.det_crop_of[i, r]]) for r in weak_candidates(sc.outputs())}
 
 
 def select(qs: QuerySet, policy) -> Selection:
